@@ -1,0 +1,207 @@
+"""Training shards: resized images joined with their token ids, as webdataset tars.
+
+Each (image, caption) pair of a split becomes one sample:
+
+    <key>.jpg         the image, RGB, resized to image_size x image_size (bilinear), JPEG
+    <key>.tokens.npy  int32 token ids, context_length + 1 of them (see pipeline.data.tokenizer)
+    <key>.txt         the raw caption
+    <key>.json        where it came from: dataset, split, image_id, caption_index, url, source tar/key
+
+An image that cannot be decoded is skipped and counted, never fatal. The images of one downloaded
+tar are decoded and resized once (in a worker process), however many captions they have; their
+pairs are then shuffled with a seed and cut into shards (the loader shuffles again across shards),
+so the five captions of a COCO image rarely meet in one batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """The pairs whose images are in one downloaded tar."""
+
+    dataset: str
+    split: str
+    tar_path: str
+    pairs: list[tuple[int, str, str, str, int, str]]  # (row, key, url, image_id, caption_index, caption)
+    tokens: np.ndarray  # [len(pairs), context_length + 1]
+    source_tar: str
+    number: int  # this tar's place among the split's tars; names its shards
+    out_dir: Path
+    image_size: int
+    jpeg_quality: int
+    samples_per_shard: int
+    seed: int
+
+
+def resize_image(data: bytes, image_size: int) -> Image.Image:
+    """Decode fully (truncated files raise here, not later) and resize to a square, bilinear, RGB."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def read_tar_images(tar_path: str, keys: set[str]) -> tuple[dict[str, bytes], str]:
+    """The image bytes of the wanted keys, and why the others are missing."""
+    images = {}
+    try:
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                stem, _, ext = member.name.rpartition(".")
+                if stem in keys and f".{ext.lower()}" in IMAGE_EXTENSIONS and member.isfile():
+                    images[stem] = tar.extractfile(member).read()
+    except (OSError, tarfile.TarError) as e:  # a truncated or corrupt tar: keep what was read before
+        return images, f"unreadable tar: {type(e).__name__}"
+    return images, "image missing from tar"
+
+
+def process_tar(job: ShardJob) -> tuple[list[dict], Counter]:
+    """Decode and resize one tar's images, shuffle its pairs and write them as shards.
+
+    Runs in a worker process; holds one downloaded tar in memory at a time, whatever the dataset's size.
+    Returns the manifest entries of the shards written and the skip counts.
+    """
+    keys = {pair[1] for pair in job.pairs}
+    raw, missing_reason = read_tar_images(job.tar_path, keys)
+    skipped: Counter = Counter()  # one count per skipped pair, under the reason of its image
+    resized: dict[str, bytes | None] = {}
+    samples = []
+    for (row, key, url, image_id, caption_index, caption), tokens in zip(job.pairs, job.tokens):
+        if key not in resized:
+            if key not in raw:
+                resized[key] = None
+                skipped[missing_reason] += 1
+                continue
+            try:
+                resized[key] = encode_jpeg(resize_image(raw[key], job.image_size), job.jpeg_quality)
+            except Exception as e:  # noqa: BLE001 - any decoder failure means: skip and count
+                resized[key] = None
+                skipped[f"undecodable image: {type(e).__name__}"] += 1
+                continue
+        if resized[key] is None:
+            skipped["pair of a skipped image"] += 1
+            continue
+        meta = {
+            "dataset": job.dataset,
+            "split": job.split,
+            "image_id": image_id,
+            "caption_index": int(caption_index),
+            "url": url,
+            "source": f"{job.source_tar}:{key}",
+        }
+        buffer = io.BytesIO()
+        np.save(buffer, tokens.astype(np.int32))
+        fields = {
+            "jpg": resized[key],
+            "tokens.npy": buffer.getvalue(),
+            "txt": caption.encode(),
+            "json": json.dumps(meta, sort_keys=True).encode(),
+        }
+        samples.append(fields)
+    random.Random(f"{job.seed}:{job.source_tar}").shuffle(samples)
+
+    shards = []
+    for chunk_number, start in enumerate(range(0, len(samples), job.samples_per_shard)):
+        chunk = samples[start : start + job.samples_per_shard]
+        name = f"shard-{job.number:05d}-{chunk_number:04d}.tar"
+        prefix = f"{job.dataset}-{job.split}-{job.number:05d}"
+        write_tar(job.out_dir / name, [(f"{prefix}-{start + i:07d}", fields) for i, fields in enumerate(chunk)])
+        shards.append({"file": name, "samples": len(chunk)})
+    return shards, skipped
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """Write atomically, with fixed metadata so that the same samples give the same bytes."""
+    tmp = path.with_suffix(".tar.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for key, fields in samples:
+            for ext, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed mtime: reproducible bytes
+                tar.addfile(info, io.BytesIO(data))
+    tmp.replace(path)
+
+
+def shard_split(
+    dataset: str,
+    split: str,
+    pairs: pd.DataFrame,
+    tokens: np.ndarray,
+    download_dir: Path,
+    out_dir: Path,
+    image_size: int,
+    jpeg_quality: int = 95,
+    samples_per_shard: int = 2000,
+    workers: int = 1,
+    seed: int = 0,
+) -> dict:
+    """Write the shards of one split under out_dir and return its manifest."""
+    if len(pairs) != len(tokens):
+        raise ValueError(f"{dataset}/{split}: {len(pairs)} pairs but {len(tokens)} token rows")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("shard-*.tar"):  # a rerun replaces the split's shards, never mixes them
+        old.unlink()
+    jobs = []
+    for number, (tar, group) in enumerate(pairs.groupby("tar", sort=True)):
+        jobs.append(
+            ShardJob(
+                dataset=dataset,
+                split=split,
+                tar_path=str(download_dir / tar),
+                pairs=list(
+                    zip(group.index, group.key, group.url, group.image_id, group.caption_index, group.caption)
+                ),
+                tokens=tokens[group.index.to_numpy()],
+                source_tar=tar,
+                number=number,
+                out_dir=out_dir,
+                image_size=image_size,
+                jpeg_quality=jpeg_quality,
+                samples_per_shard=samples_per_shard,
+                seed=seed,
+            )
+        )
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(process_tar, jobs))
+    else:
+        results = [process_tar(job) for job in jobs]
+    shards: list[dict] = []
+    skipped: Counter = Counter()
+    for job_shards, job_skipped in results:
+        shards.extend(job_shards)
+        skipped.update(job_skipped)
+    manifest = {
+        "dataset": dataset,
+        "split": split,
+        "samples": sum(s["samples"] for s in shards),
+        "pairs_in": len(pairs),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_total": sum(skipped.values()),
+        "image_size": image_size,
+        "context_length": int(tokens.shape[1] - 1),
+        "shards": shards,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

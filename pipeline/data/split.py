@@ -1,0 +1,69 @@
+"""Train/validation splits, one row per (image, caption) pair.
+
+- CC12M: a random 95/5 split, but "random" by a hash of the URL, so a sample's split never changes
+  across reruns, download order or retries.
+- MSCOCO: the official train2017/val2017 split, carried in the annotation files.
+- Flickr30K: Karpathy's split (train and val; its test images are not used by the paper).
+- ROCO v2: the official train and validation splits (`valid` in the release, `val` here).
+Every dataset comes out with the same two split names, `train` and `val`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+
+SPLITS = ("train", "val")
+
+# Source split names mapped to ours; anything not listed (Flickr30K and ROCO `test`) is dropped.
+SOURCE_SPLITS = {
+    "mscoco": {"train": "train", "val": "val"},
+    "flickr30k": {"train": "train", "val": "val"},
+    "roco": {"train": "train", "valid": "val"},
+}
+
+PAIR_COLUMNS = ["tar", "key", "url", "image_id", "caption_index", "caption"]
+
+
+def url_fraction(url: str, salt: str) -> float:
+    """A number in [0, 1) that depends only on the salt and the URL."""
+    digest = hashlib.sha256(f"{salt}\0{url}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_splits(dataset: str, samples: pd.DataFrame, val_fraction: float, salt: str) -> pd.Series:
+    """Our split name for each downloaded image (None where the image belongs to no split we use)."""
+    if dataset == "cc12m":
+        return samples["url"].map(lambda u: "val" if url_fraction(u, salt) < val_fraction else "train")
+    mapping = SOURCE_SPLITS[dataset]
+    return samples["split"].map(lambda s: mapping.get(s))
+
+
+def explode_pairs(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per (image, caption): MSCOCO and Flickr30K have about five captions per image."""
+    rows = []
+    for sample in samples.itertuples(index=False):
+        captions = json.loads(sample.captions) if isinstance(sample.captions, str) and sample.captions else []
+        if not captions:
+            captions = [sample.caption]
+        for index, caption in enumerate(captions):
+            rows.append((sample.tar, sample.key, sample.url, str(sample.image_id), index, caption))
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def make_splits(dataset: str, samples: pd.DataFrame, val_fraction: float = 0.05, salt: str = "grr-coca"):
+    """Split the downloaded images of one dataset; returns ({split: pairs frame}, counts)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.split.cc12m_val_fraction: {val_fraction} is not in (0, 1)")
+    samples = samples.sort_values("url", kind="stable").reset_index(drop=True)
+    assigned = assign_splits(dataset, samples, val_fraction, salt)
+    out, counts = {}, {"images_unused": int(assigned.isna().sum())}
+    for split in SPLITS:
+        images = samples[assigned == split]
+        pairs = explode_pairs(images)
+        out[split] = pairs
+        counts[f"{split}_images"] = len(images)
+        counts[f"{split}_pairs"] = len(pairs)
+    return out, counts

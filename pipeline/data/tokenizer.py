@@ -1,0 +1,139 @@
+"""The caption tokenizer and the paper's token layout.
+
+The paper uses T5-base's tokenizer (32,100 entries: pad 0, eos 1, unk 2, 32,000 SentencePiece pieces
+and 100 sentinel ids) plus two added tokens, BOS and CLS, for 32,102 in all. Each caption becomes
+
+    BOS, caption tokens, EOS, PAD..., CLS, PAD        (context_length + 1 ids)
+
+so that the model's inputs (all but the last id) end with CLS, and its targets (all but the first)
+are the inputs shifted by one. Offline, the demo trains a small Unigram tokenizer (T5's model type)
+on its own training captions with the same special-token layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import AddedToken
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+BOS, CLS = "<bos>", "<cls>"
+# Ids that carry no caption text: BOS, PAD and CLS are ignored as caption-loss targets.
+SPECIAL_TOKENS_ADDED = {"bos_token": BOS, "cls_token": CLS}
+
+
+class TokenizerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad: int
+    eos: int
+    unk: int
+    bos: int
+    cls: int
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerFast) -> SpecialIds:
+        return cls(
+            pad=tokenizer.pad_token_id,
+            eos=tokenizer.eos_token_id,
+            unk=tokenizer.unk_token_id,
+            bos=tokenizer.bos_token_id,
+            cls=tokenizer.cls_token_id,
+        )
+
+
+def add_bos_and_cls(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Append BOS and CLS after every existing entry, as the paper does to T5's vocabulary."""
+    size = len(tokenizer)
+    tokenizer.add_special_tokens(SPECIAL_TOKENS_ADDED)
+    ids = SpecialIds.of(tokenizer)
+    if (ids.bos, ids.cls) != (size, size + 1):
+        raise TokenizerError(f"BOS/CLS got ids {ids.bos}/{ids.cls}, expected {size}/{size + 1}")
+    return tokenizer
+
+
+def load_pretrained(name: str) -> PreTrainedTokenizerFast:
+    """A Hugging Face tokenizer (`t5-base` in the paper) with BOS and CLS added."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True)
+    except Exception as e:  # noqa: BLE001 - hub, network and file errors all mean the same here
+        raise TokenizerError(
+            f"could not load tokenizer {name!r} (data.tokenizer.name): {type(e).__name__}: {e}. "
+            "The Hugging Face hub is needed once: run `huggingface-cli download t5-base` where the "
+            "network allows, or set data.tokenizer.name to a local directory holding the tokenizer."
+        ) from None
+    return add_bos_and_cls(tokenizer)
+
+
+def train_unigram(captions: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A small SentencePiece-style Unigram tokenizer with T5's layout; `vocab_size` counts BOS and CLS."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    core = Tokenizer(models.Unigram())
+    core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size - 2, special_tokens=[PAD, EOS, UNK], unk_token=UNK, show_progress=False
+    )
+    core.train_from_iterator(list(captions), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    # A small corpus can support fewer pieces than asked for. Fill the gap with never-produced
+    # `<unused_i>` entries (as BERT does), so BOS and CLS still land at vocab_size - 2 and - 1.
+    missing = vocab_size - 2 - len(tokenizer)
+    if missing < 0:
+        raise TokenizerError(f"trained {len(tokenizer)} entries, more than vocab_size - 2 = {vocab_size - 2}")
+    tokenizer.add_tokens([AddedToken(f"<unused_{i}>", special=True) for i in range(missing)], special_tokens=True)
+    return add_bos_and_cls(tokenizer)
+
+
+def build_tokenizer(name: str, vocab_size: int, training_captions: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """The configured tokenizer, with exactly `vocab_size` entries (32,102 for T5 plus BOS and CLS)."""
+    tokenizer = train_unigram(training_captions, vocab_size) if name == "train" else load_pretrained(name)
+    if len(tokenizer) != vocab_size:
+        raise TokenizerError(
+            f"tokenizer {name!r} has {len(tokenizer)} entries but data.tokenizer.vocab_size is {vocab_size}"
+        )
+    return tokenizer
+
+
+def encode_captions(
+    tokenizer: PreTrainedTokenizerFast, captions: Sequence[str], context_length: int, batch_size: int = 4096
+) -> tuple[np.ndarray, int]:
+    """Encode captions in the paper's layout; returns (ids [N, context_length + 1] int32, truncated count)."""
+    ids = SpecialIds.of(tokenizer)
+    max_tokens = context_length - 3  # room for BOS, EOS, CLS and the final PAD
+    if max_tokens < 1:
+        raise ValueError(f"context_length {context_length} leaves no room for caption tokens")
+    out = np.full((len(captions), context_length + 1), ids.pad, dtype=np.int32)
+    out[:, 0] = ids.bos
+    out[:, context_length - 1] = ids.cls
+    truncated = 0
+    for start in range(0, len(captions), batch_size):
+        batch = [str(c) for c in captions[start : start + batch_size]]
+        encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        for row, tokens in enumerate(encoded, start):
+            if len(tokens) > max_tokens:
+                tokens, truncated = tokens[:max_tokens], truncated + 1
+            out[row, 1 : 1 + len(tokens)] = tokens
+            out[row, 1 + len(tokens)] = ids.eos
+    return out, truncated
+
+
+def decode_tokens(tokenizer: PreTrainedTokenizerFast, tokens: Iterable[int]) -> str:
+    """The caption text of one encoded sequence (up to its first EOS), without special tokens."""
+    ids = SpecialIds.of(tokenizer)
+    text_ids = []
+    for t in tokens:
+        t = int(t)
+        if t == ids.eos:
+            break
+        if t not in (ids.bos, ids.pad, ids.cls):
+            text_ids.append(t)
+    return tokenizer.decode(text_ids, skip_special_tokens=True).strip()

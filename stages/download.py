@@ -1,0 +1,39 @@
+"""DVC stage `download@<dataset>`: the dataset's URL list through img2dataset into webdataset tars.
+
+The output folder is persisted (`persist: true`) and img2dataset runs in incremental mode, so an
+interrupted download resumes where it stopped. The report counts every row by final status.
+`--retry-failed` re-downloads only the rows that failed (also `grr-coca download --retry-failed`).
+"""
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import DATASETS, load_config
+from pipeline.data.download import download, download_report, retry_failed
+from pipeline.data.sources import read_source
+from pipeline.io import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="download folder, e.g. data/download/cc12m")
+    parser.add_argument("--report", required=True, help="metrics JSON, e.g. metrics/download/cc12m.json")
+    parser.add_argument("--retry-failed", action="store_true", help="only re-download the failed rows")
+    args = parser.parse_args()
+
+    cfg = load_config(args.params)
+    out = Path(args.out)
+    if args.retry_failed:
+        retry_failed(out, cfg.data.download)
+    else:
+        urls = read_source(args.dataset, cfg.data.sources)
+        download(args.dataset, urls, out, cfg.data.download)
+    report = download_report(out)
+    write_json(args.report, report)
+    print(f"{args.dataset}: {report['success']}/{report['rows']} downloaded ({report['success_rate']:.1%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""DVC stage `shard@<dataset>`: training shards of each split, with a manifest of sample counts."""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DATASETS, load_config
+from pipeline.data.shard import shard_split
+from pipeline.data.split import SPLITS
+from pipeline.io import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--download", required=True)
+    parser.add_argument("--splits", required=True, help="folder holding <split>.parquet of the dataset")
+    parser.add_argument("--tokens", required=True, help="folder holding <split>.npy of the dataset")
+    parser.add_argument("--out", required=True, help="folder for <split>/shard-*.tar and manifests")
+    parser.add_argument("--counts", required=True)
+    args = parser.parse_args()
+
+    cfg = load_config(args.params).data.shard
+    counts = {"dataset": args.dataset}
+    for split in SPLITS:
+        manifest = shard_split(
+            args.dataset,
+            split,
+            pd.read_parquet(Path(args.splits) / f"{split}.parquet"),
+            np.load(Path(args.tokens) / f"{split}.npy"),
+            download_dir=Path(args.download),
+            out_dir=Path(args.out) / split,
+            image_size=cfg.image_size,
+            jpeg_quality=cfg.jpeg_quality,
+            samples_per_shard=cfg.samples_per_shard,
+            workers=cfg.workers,
+            seed=cfg.seed,
+        )
+        counts[f"{split}_samples"] = manifest["samples"]
+        counts[f"{split}_shards"] = len(manifest["shards"])
+        counts[f"{split}_skipped"] = manifest["skipped_total"]
+        counts[f"{split}_skipped_by_reason"] = manifest["skipped"]
+    write_json(args.counts, counts)
+    print(f"{args.dataset}: {counts}")
+
+
+if __name__ == "__main__":
+    main()

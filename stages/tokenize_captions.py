@@ -1,0 +1,48 @@
+"""DVC stage `tokenize`: build the tokenizer and encode every split's captions.
+
+The paper preset loads `t5-base` and adds BOS and CLS; the demo trains a small tokenizer with the
+same layout on the training captions of all datasets. (Named tokenize_captions.py because a script
+called tokenize.py would shadow Python's own `tokenize` module.)
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DATASETS, load_config
+from pipeline.data.split import SPLITS
+from pipeline.data.tokenizer import build_tokenizer, encode_captions
+from pipeline.io import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--splits", default="data/splits", help="folder holding <dataset>/<split>.parquet")
+    parser.add_argument("--tokenizer-out", default="data/tokenizer")
+    parser.add_argument("--tokens-out", default="data/tokens", help="folder for <dataset>/<split>.npy")
+    parser.add_argument("--counts", default="metrics/tokenize.json")
+    args = parser.parse_args()
+
+    cfg = load_config(args.params).data.tokenizer
+    pairs = {(d, s): pd.read_parquet(Path(args.splits) / d / f"{s}.parquet") for d in DATASETS for s in SPLITS}
+    training_captions = [c for (d, s), frame in pairs.items() if s == "train" for c in frame["caption"]]
+    tokenizer = build_tokenizer(cfg.name, cfg.vocab_size, training_captions)
+    tokenizer.save_pretrained(args.tokenizer_out)
+
+    counts = {"vocab_size": len(tokenizer), "context_length": cfg.context_length}
+    for (dataset, split), frame in pairs.items():
+        ids, truncated = encode_captions(tokenizer, list(frame["caption"]), cfg.context_length, cfg.batch_size)
+        out = Path(args.tokens_out) / dataset
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / f"{split}.npy", ids)
+        counts[f"{dataset}_{split}_captions"] = len(ids)
+        counts[f"{dataset}_{split}_truncated"] = truncated
+    write_json(args.counts, counts)
+    print(f"tokenizer with {len(tokenizer)} entries; {counts}")
+
+
+if __name__ == "__main__":
+    main()
