@@ -48,7 +48,7 @@ def test_empty_sections_override_nothing_and_values_override_the_preset():
         ({"data": {"shard": {"workers": "two"}}}, "key 'data.shard.workers': value 'two' is not an integer"),
         ({"data": {"shard": {"image_size": 100}}}, "'data.shard.image_size' (100) must equal 'model.image_size'"),
         ({"preset": "big"}, "preset: unknown value 'big'; allowed: demo, paper, smoke"),
-        ({"model": {"context_length": 40}}, "'data.tokenizer.context_length' (32) must equal"),
+        ({"model": {"context_length": 48}}, "'data.tokenizer.context_length' (40) must equal"),
         ({"data": {"sources": "here"}}, "key 'data.sources': expected a mapping"),
     ],
 )

@@ -6,8 +6,10 @@ and 100 sentinel ids) plus two added tokens, BOS and CLS, for 32,102 in all. Eac
     BOS, caption tokens, EOS, PAD..., CLS, PAD        (context_length + 1 ids)
 
 so that the model's inputs (all but the last id) end with CLS, and its targets (all but the first)
-are the inputs shifted by one. Offline, the demo trains a small Unigram tokenizer (T5's model type)
-on its own training captions with the same special-token layout.
+are the inputs shifted by one. Offline, the demo trains a small tokenizer on its own training
+captions with the same special-token layout: SentencePiece-style (Metaspace) BPE, because the
+Unigram trainer (T5's model type) degenerates to single letters on a corpus of a few thousand
+captions, while BPE learns every word of it.
 """
 
 from __future__ import annotations
@@ -71,17 +73,15 @@ def load_pretrained(name: str) -> PreTrainedTokenizerFast:
     return add_bos_and_cls(tokenizer)
 
 
-def train_unigram(captions: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A small SentencePiece-style Unigram tokenizer with T5's layout; `vocab_size` counts BOS and CLS."""
+def train_tokenizer(captions: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A small SentencePiece-style BPE tokenizer with T5's layout; `vocab_size` counts BOS and CLS."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    core = Tokenizer(models.Unigram())
+    core = Tokenizer(models.BPE(unk_token=UNK))
     core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     core.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size - 2, special_tokens=[PAD, EOS, UNK], unk_token=UNK, show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2, special_tokens=[PAD, EOS, UNK], show_progress=False)
     core.train_from_iterator(list(captions), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK)
     # A small corpus can support fewer pieces than asked for. Fill the gap with never-produced
@@ -95,7 +95,7 @@ def train_unigram(captions: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
 
 def build_tokenizer(name: str, vocab_size: int, training_captions: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """The configured tokenizer, with exactly `vocab_size` entries (32,102 for T5 plus BOS and CLS)."""
-    tokenizer = train_unigram(training_captions, vocab_size) if name == "train" else load_pretrained(name)
+    tokenizer = train_tokenizer(training_captions, vocab_size) if name == "train" else load_pretrained(name)
     if len(tokenizer) != vocab_size:
         raise TokenizerError(
             f"tokenizer {name!r} has {len(tokenizer)} entries but data.tokenizer.vocab_size is {vocab_size}"
