@@ -1,0 +1,224 @@
+"""img2dataset on local file:// URLs: failures recorded by kind, retries, resume, tar contents."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.config import DownloadConfig
+from pipeline.data import download as dl
+
+MISSING = "<urlopen error [Errno 2] No such file or directory: <path>>"
+UNDECODABLE = "Image decoding error"
+
+CFG = DownloadConfig(
+    image_size=32,
+    resize_mode="keep_ratio",
+    resize_only_if_bigger=True,
+    encode_quality=90,
+    processes_count=1,
+    thread_count=4,
+    number_sample_per_shard=4,
+    timeout=5,
+    retries=0,
+    retry_failed_passes=0,
+)
+
+
+def jpeg_bytes(width: int, height: int, color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_urls(root: Path, good: int = 5) -> pd.DataFrame:
+    """`good` JPEGs, then a missing file, a text file named .jpg and a JPEG cut to 150 bytes."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(good):
+        (root / f"good{i}.jpg").write_bytes(jpeg_bytes(40 + 7 * i, 30 + 5 * i, (40 * i % 256, 90, 160)))
+        names.append(f"good{i}.jpg")
+    (root / "text.jpg").write_text("this is not an image\n")
+    (root / "truncated.jpg").write_bytes(jpeg_bytes(64, 64, (200, 10, 10))[:150])
+    names += ["missing.jpg", "text.jpg", "truncated.jpg"]
+    rows = [
+        {
+            "url": (root.resolve() / name).as_uri(),
+            "caption": f"caption of {name}",
+            "captions": json.dumps([f"caption of {name}", "another"]),
+            "image_id": name.removesuffix(".jpg"),
+            "split": "train" if i % 2 else "val",
+        }
+        for i, name in enumerate(names)
+    ]
+    return pd.DataFrame(rows)
+
+
+def shard_files(pass_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(pass_dir.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("resize_mode", ["keep_ratio", "no"])
+def test_download_records_each_failure_kind(tmp_path, resize_mode):
+    urls = make_urls(tmp_path / "images")
+    out = tmp_path / "out"
+    report = dl.download("roco", urls, out, replace(CFG, resize_mode=resize_mode))
+    assert report == {
+        "dataset": "roco",
+        "rows": 8,
+        "success": 5,
+        "failed": 3,
+        "success_rate": 0.625,
+        "recovered_by_retry": 0,
+        "retry_passes": 0,
+        "failed_by_status": {"failed_to_resize": 2, "failed_to_download": 1},
+        "failed_by_error": {UNDECODABLE: 2, MISSING: 1},
+    }
+    json.dumps(report)  # a DVC metrics file
+    final = dl.final_status(out).set_index("row")["status"]
+    assert final[5] == "failed_to_download" and final[6] == final[7] == "failed_to_resize"
+    # the layout: the URL list, img2dataset's own folder, nothing else of img2dataset's
+    assert sorted(p.name for p in out.iterdir()) == ["download.json", "main", "urls.parquet"]
+    ends = (".tar", ".parquet", "_stats.json")
+    assert set(shard_files(out / "main")) == {f"0000{i}{end}" for i in (0, 1) for end in ends}
+
+
+def test_successful_samples_point_to_tar_members(tmp_path):
+    urls = make_urls(tmp_path / "images")
+    urls = pd.concat([urls, urls.iloc[[1]]], ignore_index=True)  # the same URL twice
+    out = tmp_path / "out"
+    report = dl.download("cc12m", urls, out, CFG)
+    assert (report["rows"], report["success"]) == (9, 6)
+    samples = dl.successful_samples(out)
+    assert list(samples.columns) == dl.SAMPLE_COLUMNS
+    assert len(samples) == 5 and samples["url"].is_unique
+    assert set(samples["image_id"]) == {f"good{i}" for i in range(5)}
+    for sample in samples.itertuples():
+        with tarfile.open(out / sample.tar) as tar:
+            image = Image.open(io.BytesIO(tar.extractfile(f"{sample.key}.jpg").read()))
+            assert image.size == (sample.width, sample.height)
+            assert min(image.size) <= CFG.image_size  # resized (keep_ratio, only if bigger)
+            meta = json.loads(tar.extractfile(f"{sample.key}.json").read())
+            assert tar.extractfile(f"{sample.key}.txt").read().decode() == sample.caption
+        assert meta["url"] == sample.url and meta["image_id"] == sample.image_id
+        assert meta["captions"] == sample.captions and meta["split"] == sample.split
+
+
+def test_retry_recovers_rows_that_failed(tmp_path):
+    images = tmp_path / "images"
+    urls = make_urls(images)
+    out = tmp_path / "out"
+    assert dl.download("mscoco", urls, out, CFG)["success"] == 5
+    (images / "missing.jpg").write_bytes(jpeg_bytes(50, 40, (0, 128, 0)))  # now it exists
+    report = dl.retry_failed(out, CFG)
+    assert report["retry_passes"] == 1 and report["recovered_by_retry"] == 1
+    assert (report["rows"], report["success"], report["failed"]) == (8, 6, 2)
+    assert report["failed_by_status"] == {"failed_to_resize": 2}
+    # the retry pass downloaded only the three failed rows
+    assert len(pd.read_parquet(out / "retry-01.urls.parquet")) == 3
+    samples = dl.successful_samples(out)
+    assert len(samples) == 6
+    recovered = samples[samples["image_id"] == "missing"].iloc[0]
+    assert recovered["tar"] == "retry-01/00000.tar"
+    with tarfile.open(out / recovered["tar"]) as tar:
+        assert f"{recovered['key']}.jpg" in tar.getnames()
+    # a second pass retries only what is still failed
+    report = dl.retry_failed(out, CFG)
+    assert report["retry_passes"] == 2 and report["success"] == 6
+    assert pd.read_parquet(out / "retry-02.urls.parquet")["image_id"].tolist() == ["text", "truncated"]
+    # a local file changed since the main pass: the whole download is redone, not resumed
+    report = dl.download("mscoco", urls, out, CFG)
+    assert (report["success"], report["recovered_by_retry"], report["retry_passes"]) == (6, 0, 0)
+    assert not (out / "retry-01").exists()
+
+
+def test_download_runs_the_configured_retry_passes(tmp_path, monkeypatch):
+    urls = make_urls(tmp_path / "images")
+    out = tmp_path / "out"
+    cfg = replace(CFG, retry_failed_passes=2)
+    report = dl.download("flickr30k", urls, out, cfg)
+    assert report["retry_passes"] == 2 and report["failed"] == 3
+    assert report["failed_by_status"] == {"failed_to_resize": 2, "failed_to_download": 1}
+    assert [len(pd.read_parquet(out / f"retry-0{i}.urls.parquet")) for i in (1, 2)] == [3, 3]
+    # rerunning with the same inputs keeps every pass as it is, without starting img2dataset
+    before = {d: shard_files(out / d) for d in ("main", "retry-01", "retry-02")}
+    monkeypatch.setattr(dl, "_img2dataset", None)
+    assert dl.download("flickr30k", urls, out, cfg) == report
+    assert before == {d: shard_files(out / d) for d in ("main", "retry-01", "retry-02")}
+
+
+def test_nothing_to_retry(tmp_path):
+    urls = make_urls(tmp_path / "images").iloc[:3]
+    assert dl.download("roco", urls, tmp_path / "out", replace(CFG, retry_failed_passes=3))["retry_passes"] == 0
+    assert dl.retry_failed(tmp_path / "out", CFG) is None
+    with pytest.raises(dl.DownloadError, match="no download here yet"):
+        dl.retry_failed(tmp_path / "elsewhere", CFG)
+    with pytest.raises(dl.DownloadError, match="image_size"):
+        dl.retry_failed(tmp_path / "out", replace(CFG, image_size=64))
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(dl.DownloadError, match="needs the package ray"):
+            dl.download("roco", urls, tmp_path / "out-ray", replace(CFG, distributor="ray"))
+
+
+def test_incremental_resume_redownloads_only_missing_shards(tmp_path, monkeypatch):
+    urls = make_urls(tmp_path / "images", good=7)  # 10 rows, 4 per shard: shards 0, 1, 2
+    out = tmp_path / "out"
+    first = dl.download("cc12m", urls, out, CFG)
+    main = out / "main"
+    before = shard_files(main)
+    assert len(before) == 9
+    # an interrupted run: shard 1 never finished; shard 2 lost its tar after finishing
+    for name in ("00001.tar", "00001.parquet", "00001_stats.json", "00002.tar"):
+        (main / name).unlink()
+    assert dl.download("cc12m", urls, out, CFG) == first
+    after = shard_files(main)
+    assert sorted(after) == sorted(before)
+    unchanged = {name for name in after if after[name] == before[name]}
+    assert unchanged == {"00000.tar", "00000.parquet", "00000_stats.json"}
+    assert len(dl.successful_samples(out)) == 7
+
+    # all shards done: img2dataset is not even started
+    def fail(*args, **kwargs):
+        raise AssertionError("img2dataset should not run")
+
+    monkeypatch.setattr(dl, "_img2dataset", fail)
+    assert dl.download("cc12m", urls, out, CFG) == first
+
+
+def test_changed_inputs_replace_old_outputs(tmp_path):
+    urls = make_urls(tmp_path / "images")
+    out = tmp_path / "out"
+    dl.download("roco", urls, out, CFG)
+    report = dl.download("roco", urls.iloc[:2], out, CFG)
+    assert (report["rows"], report["success"]) == (2, 2)
+    assert sorted(shard_files(out / "main")) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+    report = dl.download("roco", urls.iloc[:2], out, replace(CFG, image_size=16))
+    assert dl.successful_samples(out)[["width", "height"]].min().min() <= 16
+
+
+def test_empty_and_invalid_url_lists(tmp_path):
+    empty = make_urls(tmp_path / "images").iloc[:0]
+    report = dl.download("roco", empty, tmp_path / "out", replace(CFG, retry_failed_passes=1))
+    assert (report["rows"], report["success"], report["success_rate"], report["retry_passes"]) == (0, 0, 0.0, 0)
+    assert dl.successful_samples(tmp_path / "out").empty
+    bad = make_urls(tmp_path / "images")
+    bad.loc[2, "url"] = None
+    with pytest.raises(ValueError, match="row 2: url is missing"):
+        dl.download("roco", bad, tmp_path / "out2", CFG)
+    with pytest.raises(ValueError, match="lacks columns"):
+        dl.download("roco", bad.drop(columns="captions"), tmp_path / "out2", CFG)
+
+
+def test_normalise_error():
+    assert dl.normalise_error("<urlopen error [Errno 2] No such file or directory: '/a/b c.jpg'>") == MISSING
+    assert dl.normalise_error("HTTP Error 404: Not Found") == "HTTP Error 404: Not Found"
+    assert dl.normalise_error("bad thing at https://x.example/a?b=1 now") == "bad thing at <url> now"
+    assert dl.normalise_error(None) == "unknown"
