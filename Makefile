@@ -19,8 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	dvc repro
 
-# Run the test suite.
+# Run the test suite. The MLflow UI test drives headless Chromium (Debian's package), installed when missing.
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	python -m pytest
 
 clean-data:
