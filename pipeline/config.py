@@ -9,6 +9,7 @@ raises `ConfigError` naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.model.config import ModelConfig
+from pipeline.train.config import FinetuneConfig, PretrainConfig, TrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DATASETS = ("cc12m", "mscoco", "flickr30k", "roco")
@@ -127,7 +129,9 @@ class Config:
     preset: str
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)  # what both training phases share
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,6 +262,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"key '{path}': value {value!r} is not an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
+            return float(value)  # PyYAML reads `1e-4` (no dot) as a string: YAML 1.1's float rule
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"key '{path}': value {value!r} is not a number")
         return float(value)
@@ -266,6 +272,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"key '{path}': value {value!r} is not a string")
         return value
     raise TypeError(f"config type {tp!r} at {path} is not supported")  # a bug in this file
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def _join(path: str, key: str) -> str:

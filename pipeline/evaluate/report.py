@@ -207,11 +207,11 @@ def run_values(run) -> dict[str, float]:
 
 
 def run_lambdas(run, dataset: str) -> tuple[float, float, str]:
-    """(lambda_con, lambda_cap, source): the run's logged `train.<phase>.lambda_*` params, else the SPEC's."""
+    """(lambda_con, lambda_cap, source): the run's logged `<phase>.lambda_*` params, else the SPEC's."""
     phase = stage_of(dataset)
     params = run.data.params
     try:
-        return (float(params[f"train.{phase}.lambda_con"]), float(params[f"train.{phase}.lambda_cap"]),
+        return (float(params[f"{phase}.lambda_con"]), float(params[f"{phase}.lambda_cap"]),
                 "run params")
     except (KeyError, ValueError):
         return (*DEFAULT_LAMBDAS[phase], "defaults")

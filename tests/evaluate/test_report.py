@@ -48,7 +48,7 @@ def log_run(client: MlflowClient, experiment_id: str, encoder: str, dataset: str
     if final:
         metrics += [Metric(f"final/{k}", v, start + 99, STEPS[-1]) for k, v in losses(dataset, con, cap).items()]
     metrics += [Metric(f"eval/{k}", v, start + 99, STEPS[-1]) for k, v in (evaluation or {}).items()]
-    params = [Param(f"train.{phase}.lambda_{w}", str(v)) for w, v in zip(("con", "cap"), LAMBDAS[phase])]
+    params = [Param(f"{phase}.lambda_{w}", str(v)) for w, v in zip(("con", "cap"), LAMBDAS[phase])]
     client.log_batch(run.info.run_id, metrics=metrics, params=params if lambda_params else [])
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status, end_time=start + 100)

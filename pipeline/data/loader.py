@@ -1,0 +1,368 @@
+"""Webdataset loaders for the training shards (see pipeline/data/shard.py for the format).
+
+Training: an epoch is a deterministic function of (seed, epoch, number of streams, batch sizes).
+The shard order is shuffled with (seed, epoch) and the shards are dealt to `streams` streams (when a
+split has fewer shards than streams, every stream reads all shards and keeps every streams-th
+sample). Each stream shuffles its samples in a buffer seeded with (seed, epoch, stream). Every
+micro-batch takes the same number of samples (a chunk) from each stream, so its content does not
+depend on how streams are spread over processes and DataLoader workers: process r owns the streams
+s with s % world_size == r and its workers split those. Every process yields the same number of
+micro-batches, computed from the manifest (the shortest stream decides; the rest is dropped); a
+stream that runs short because of corrupt samples starts over (deterministic padding), so DDP never
+waits on a missing batch.
+
+Corrupt samples (undecodable JPEG, bad token array, missing member, unreadable tar) are skipped and
+counted, never fatal. Resume is exact: the position is the number of micro-batches consumed plus,
+per stream, the number of shuffled samples read; a restarted epoch replays each stream's shuffle
+without decoding and drops what was already read.
+
+Validation: every sample exactly once, in shard order, batches of `batch_size` cut within a shard;
+process r reads the shards i with i % world_size == r, so the batches do not depend on the number
+of processes or workers.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CorruptSample(ValueError):
+    pass
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, H, W) float32, ImageNet-normalised
+    text: torch.Tensor  # (B, L) int64: tokens[:, :-1] (last input token is CLS)
+    targets: torch.Tensor  # (B, L) int64: tokens[:, 1:]
+
+    def to(self, device: torch.device) -> "Batch":
+        nb = device.type == "cuda"
+        return Batch(self.images.to(device, non_blocking=nb), self.text.to(device, non_blocking=nb),
+                     self.targets.to(device, non_blocking=nb))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    shards: tuple[tuple[str, int], ...]  # (file, samples)
+    samples: int
+    image_size: int
+    context_length: int
+
+    @classmethod
+    def load(cls, shard_dir: str | Path) -> "Manifest":
+        root = Path(shard_dir)
+        path = root / "manifest.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no shard manifest (run the shard stage first)") from None
+        shards = tuple((s["file"], int(s["samples"])) for s in data["shards"] if int(s["samples"]) > 0)
+        if not shards:
+            raise ValueError(f"{path}: the split has no samples")
+        return cls(root, shards, sum(n for _, n in shards), int(data["image_size"]),
+                   int(data["context_length"]))
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [0, 1] -> ImageNet mean/std normalised."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def decode_sample(sample: dict, image_size: int, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (image uint8 (3, S, S), tokens int64 (context_length + 1,)); CorruptSample if unusable."""
+    try:
+        with Image.open(io.BytesIO(sample["jpg"])) as image:
+            image = image.convert("RGB")
+            if image.size != (image_size, image_size):
+                raise CorruptSample(f"image is {image.size}, expected {image_size}x{image_size}")
+            pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+    except CorruptSample:
+        raise
+    except Exception as e:  # noqa: BLE001 - a missing member or any decoder failure: skip and count
+        raise CorruptSample(f"{type(e).__name__}: {e}") from None
+    if tokens.shape != (context_length + 1,) or tokens.dtype.kind not in "iu":
+        raise CorruptSample(f"tokens have shape {tokens.shape} and dtype {tokens.dtype}, "
+                            f"expected ({context_length + 1},) integers")
+    return pixels, torch.from_numpy(tokens.astype(np.int64))
+
+
+def read_shards(paths: list[Path], errors: list[int]) -> Iterator[dict]:
+    """Raw samples (dicts of bytes by extension) of the tars in order; an unreadable tar or member
+    is skipped and counted in errors[0]."""
+
+    def handler(exn: Exception) -> bool:
+        errors[0] += 1
+        return True  # skip and go on
+
+    def opened() -> Iterator[dict]:
+        for path in paths:
+            try:
+                stream = open(path, "rb")
+            except OSError:
+                errors[0] += 1
+                continue
+            with stream:
+                yield {"url": str(path), "stream": stream}
+
+    yield from group_by_keys(tar_file_expander(opened(), handler=handler), handler=handler)
+
+
+def shuffled(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
+    """A reproducible shuffle buffer: fill, then emit a random element and refill its slot."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(len(buffer))
+        buffer[i], item = item, buffer[i]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    files: tuple[str, ...]
+    stride: int  # keep raw sample i (counted over the files, in order) when i % stride == offset
+    offset: int
+    length: int  # samples the manifest promises this stream
+
+
+def plan_epoch(manifest: Manifest, seed: int, epoch: int, streams: int) -> list[StreamPlan]:
+    order = list(manifest.shards)
+    random.Random(f"shards:{seed}:{epoch}").shuffle(order)
+    if len(order) >= streams:  # shard-level: each stream reads its own shards
+        return [StreamPlan(tuple(f for f, _ in order[s::streams]), 1, 0, sum(n for _, n in order[s::streams]))
+                for s in range(streams)]
+    files, total = tuple(f for f, _ in order), manifest.samples  # sample-level: all read all, keep 1/streams
+    return [StreamPlan(files, streams, s, len(range(s, total, streams))) for s in range(streams)]
+
+
+class _TrainChunks(IterableDataset):
+    """Yields, for micro-batches k = start..end-1 and each stream of this worker, a chunk of samples."""
+
+    def __init__(self, loader: "TrainLoader", epoch: int, start: int, end: int,
+                 positions: dict[int, int], corrupt: dict[int, int]):
+        self.loader, self.epoch, self.start, self.end = loader, epoch, start, end
+        self.positions, self.corrupt = positions, corrupt
+
+    def _items(self, s: int, plan: StreamPlan) -> Iterator[dict]:
+        """The stream's shuffled raw samples, started over as often as needed (padding)."""
+        lo = self.loader
+        for repeat in itertools.count():
+            errors = [0]
+            raw = read_shards([lo.manifest.root / f for f in plan.files], errors)
+            kept = (x for i, x in enumerate(raw) if i % plan.stride == plan.offset)
+            rng = random.Random(f"samples:{lo.seed}:{self.epoch}:{s}:{repeat}")
+            produced = 0
+            for item in shuffled(kept, lo.shuffle_buffer, rng):
+                produced += 1
+                yield item
+            if plan.stride == 1 or plan.offset == 0:  # (all streams read all shards: count once)
+                for _ in range(errors[0]):  # unreadable tars/members: reported as corrupt samples
+                    yield None
+            if produced == 0:
+                raise RuntimeError(f"{lo.manifest.root}: training stream {s} has no readable sample")
+
+    def __iter__(self) -> Iterator[dict]:
+        lo = self.loader
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = lo.rank_streams[worker::workers]
+        plans = plan_epoch(lo.manifest, lo.seed, self.epoch, lo.streams)
+        items, pos, bad = {}, {}, {}
+        for s in mine:
+            pos[s], bad[s] = self.positions.get(s, 0), self.corrupt.get(s, 0)
+            items[s] = self._items(s, plans[s])
+            for _ in range(pos[s]):  # resume: replay the shuffle without decoding
+                next(items[s])
+        for k in range(self.start, self.end):
+            for s in mine:
+                images, tokens, failures = [], [], 0
+                while len(images) < lo.chunk:
+                    item = next(items[s])
+                    pos[s] += 1
+                    try:
+                        if item is None:
+                            raise CorruptSample("unreadable tar member")
+                        image, tok = decode_sample(item, lo.manifest.image_size, lo.manifest.context_length)
+                    except CorruptSample:
+                        bad[s] += 1
+                        failures += 1
+                        if failures > max(1000, plans[s].length):
+                            raise RuntimeError(f"{lo.manifest.root}: stream {s}: no decodable sample") from None
+                        continue
+                    images.append(image)
+                    tokens.append(tok)
+                yield {"k": k, "s": s, "images": torch.stack(images), "tokens": torch.stack(tokens),
+                       "pos": pos[s], "corrupt": bad[s]}
+
+
+class TrainLoader:
+    """Micro-batches of one process for one epoch at a time; `state_dict()` is its exact position."""
+
+    def __init__(self, shard_dir: str | Path, *, micro_batch_size: int, grad_accum_steps: int,
+                 rank: int = 0, world_size: int = 1, streams: int = 0, num_workers: int = 0,
+                 shuffle_buffer: int = 1000, seed: int = 0, max_steps_per_epoch: int = 0):
+        self.manifest = Manifest.load(shard_dir)
+        self.rank, self.world_size = rank, world_size
+        self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
+        self.micro_batch_size, self.grad_accum_steps = micro_batch_size, grad_accum_steps
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.streams = streams or world_size * max(1, num_workers)
+        if self.streams % world_size:
+            raise ValueError(f"train.data_streams = {self.streams} is invalid: allowed a multiple of "
+                             f"the number of processes ({world_size})")
+        per_rank = self.streams // world_size
+        if per_rank % max(1, num_workers):
+            raise ValueError(f"train.data_streams = {self.streams} is invalid: each process's "
+                             f"{per_rank} streams must split evenly over train.num_workers = {num_workers}")
+        if micro_batch_size % per_rank:
+            raise ValueError(f"train.micro_batch_size = {micro_batch_size} is invalid: allowed a multiple "
+                             f"of the streams per process ({per_rank} = data_streams / processes)")
+        self.chunk = micro_batch_size // per_rank
+        self.rank_streams = list(range(rank, self.streams, world_size))
+        self.epoch, self.micro = 0, 0
+        self.positions: dict[int, int] = {}
+        self.corrupt: dict[int, int] = {}
+
+    # ---------------------------------------------------------------- sizes
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Optimiser steps in an epoch (the same on every process)."""
+        shortest = min(p.length for p in plan_epoch(self.manifest, self.seed, epoch, self.streams))
+        steps = shortest // self.chunk // self.grad_accum_steps
+        if self.max_steps_per_epoch:
+            steps = min(steps, self.max_steps_per_epoch)
+        if steps == 0:
+            raise ValueError(
+                f"{self.manifest.root}: {self.manifest.samples} samples in {self.streams} streams make no "
+                f"optimiser step of {self.micro_batch_size} x {self.world_size} processes x "
+                f"{self.grad_accum_steps} accumulation steps; lower train.micro_batch_size, "
+                f"train.grad_accum_steps or train.data_streams")
+        return steps
+
+    @property
+    def corrupt_total(self) -> int:
+        return sum(self.corrupt.values())
+
+    # ---------------------------------------------------------------- position
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "micro": self.micro, "streams": self.streams,
+                "positions": {str(s): p for s, p in self.positions.items()},
+                "corrupt": {str(s): c for s, c in self.corrupt.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["streams"] != self.streams:
+            raise ValueError(f"the checkpoint's data order has {state['streams']} streams, this run "
+                             f"{self.streams}: resume with the same train.data_streams, processes and workers")
+        self.epoch, self.micro = state["epoch"], state["micro"]
+        self.positions = {int(s): p for s, p in state["positions"].items()}
+        self.corrupt = {int(s): c for s, c in state["corrupt"].items()}
+
+    # ---------------------------------------------------------------- iteration
+    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
+        """This process's micro-batches of `epoch`, from the saved position if it is in `epoch`."""
+        if epoch != self.epoch:
+            self.epoch, self.micro, self.positions = epoch, 0, {}
+        end = self.steps_in_epoch(epoch) * self.grad_accum_steps
+        if self.micro >= end:
+            return
+        dataset = _TrainChunks(self, epoch, self.micro, end, dict(self.positions), dict(self.corrupt))
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(self.seed))
+        pending: dict[int, dict[int, dict]] = {}
+        per_batch = len(self.rank_streams)
+        for item in loader:
+            pending.setdefault(item["k"], {})[item["s"]] = item
+            while len(pending.get(self.micro, ())) == per_batch:
+                ready = pending.pop(self.micro)
+                chunks = [ready[s] for s in sorted(ready)]
+                for c in chunks:
+                    self.positions[c["s"]], self.corrupt[c["s"]] = c["pos"], c["corrupt"]
+                self.micro += 1
+                seq = torch.cat([c["tokens"] for c in chunks])
+                yield Batch(normalize(torch.cat([c["images"] for c in chunks])),
+                            seq[:, :-1].contiguous(), seq[:, 1:].contiguous())
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class _ValBatches(IterableDataset):
+    def __init__(self, loader: "ValLoader"):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict]:
+        lo = self.loader
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        files = [f for f, _ in lo.manifest.shards][lo.rank::lo.world_size][worker::workers]
+        for f in files:
+            errors, bad = [0], 0
+            images, tokens = [], []
+            for sample in read_shards([lo.manifest.root / f], errors):
+                try:
+                    image, tok = decode_sample(sample, lo.manifest.image_size, lo.manifest.context_length)
+                except CorruptSample:
+                    bad += 1
+                    continue
+                images.append(image)
+                tokens.append(tok)
+                if len(images) == lo.batch_size:
+                    yield {"images": torch.stack(images), "tokens": torch.stack(tokens), "corrupt": bad}
+                    images, tokens, bad = [], [], 0
+            bad += errors[0]
+            if images or bad:
+                yield {"images": torch.stack(images) if images else None,
+                       "tokens": torch.stack(tokens) if tokens else None, "corrupt": bad}
+
+
+class ValLoader:
+    """This process's share of a validation split, each sample once; `corrupt` counts skipped samples."""
+
+    def __init__(self, shard_dir: str | Path, *, batch_size: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0):
+        self.manifest = Manifest.load(shard_dir)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.num_workers = min(num_workers, len(self.manifest.shards[rank::world_size]))
+        self.corrupt = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.corrupt = 0
+        loader = DataLoader(_ValBatches(self), batch_size=None, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(0))
+        for item in loader:
+            self.corrupt += item["corrupt"]
+            if item["images"] is not None:
+                seq = item["tokens"]
+                yield Batch(normalize(item["images"]), seq[:, :-1].contiguous(), seq[:, 1:].contiguous())

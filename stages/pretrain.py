@@ -1,0 +1,48 @@
+"""DVC stage `pretrain`: pre-train CoCa (pretrain, model.encoder) on CC12M's training shards.
+
+Run under torchrun, one process per device (gloo on CPU, NCCL on GPU):
+
+    torchrun --standalone --nproc_per_node=N stages/pretrain.py [paths]
+
+(started as `python stages/pretrain.py`, it relaunches itself that way with N = train.nproc_per_node).
+A killed run restarted with the same command resumes from its last checkpoint in --state.
+Outputs: --out/final.pt and --out/best.pt, --metrics (final validation), --curve (validations).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.train.launch import relaunch_under_torchrun  # noqa: E402
+from pipeline.train.loop import NonFiniteLoss, RunSpec, train  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--train", default="data/shards/cc12m/train", help="training shards (with manifest.json)")
+    parser.add_argument("--val", default="data/shards/cc12m/val", help="validation shards")
+    parser.add_argument("--tokenizer", default="data/tokenizer", help="logged to MLflow with the model")
+    parser.add_argument("--out", default="data/models/pretrain", help="final.pt and best.pt")
+    parser.add_argument("--state", default="data/train_state/pretrain", help="resumable state (not a DVC output)")
+    parser.add_argument("--metrics", default="metrics/pretrain.json")
+    parser.add_argument("--curve", default="metrics/pretrain_val.tsv")
+    args = parser.parse_args()
+
+    cfg = load_config(args.params)
+    relaunch_under_torchrun(cfg.train.nproc_per_node)
+    spec = RunSpec(phase="pretrain", dataset="cc12m", train_shards=Path(args.train), val_shards=Path(args.val),
+                   out_dir=Path(args.out), state_dir=Path(args.state), metrics_json=Path(args.metrics),
+                   val_tsv=Path(args.curve), tokenizer=Path(args.tokenizer), repo=Path.cwd())
+    try:
+        train(cfg, spec)
+    except NonFiniteLoss as e:
+        sys.exit(f"pretrain stopped: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The stage under torchrun with 2 gloo processes: the same losses as 1 process with the same global
+batch, and exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from trainkit import run_stage, stage_command, stage_env, write_params
+
+# Global batch 8 in both: 8 x 1 process or 4 x 2 processes (x 2 accumulation steps), 2 data streams.
+ONE = dict(nproc_per_node=1, micro_batch_size=8, ckpt_every_steps=3)
+TWO = dict(nproc_per_node=2, micro_batch_size=4, ckpt_every_steps=3)
+
+
+def run_id(work: Path) -> str:
+    return torch.load(work / "out/final.pt", weights_only=True)["mlflow_run_id"]
+
+
+def history(uri: str, rid: str, key: str) -> list[tuple[int, float]]:
+    from mlflow import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(rid, key))
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, data, mlflow_uri) -> Path:
+    work = tmp_path_factory.mktemp("two")
+    run_stage(work, data, 2, write_params(work / "params.yaml", **TWO), mlflow_uri)
+    return work
+
+
+def test_two_processes_match_one_process_step_by_step(tmp_path, data, mlflow_uri, two_processes):
+    run_stage(tmp_path, data, 1, write_params(tmp_path / "params.yaml", **ONE), mlflow_uri)
+    one, two = run_id(tmp_path), run_id(two_processes)
+    for key in ("train/coca_loss", "train/caption_loss", "train/contrastive_loss", "train/grad_norm",
+                "val/coca_loss", "val/perplexity", "val/contrastive_loss"):
+        a, b = history(mlflow_uri, one, key), history(mlflow_uri, two, key)
+        assert [s for s, _ in a] == [s for s, _ in b] and len(a) >= 3, key
+        for (step, x), (_, y) in zip(a, b):
+            assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), f"{key} step {step}: {x} vs {y}"
+    assert len(history(mlflow_uri, one, "train/coca_loss")) == 8  # 2 epochs x 4 steps
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_sigkill_mid_epoch_then_restart_gives_the_same_weights(tmp_path, data, mlflow_uri, two_processes):
+    params = write_params(tmp_path / "params.yaml", **{**TWO, "ckpt_every_steps": 1})
+    summary = tmp_path / "state/last.json"
+    proc = subprocess.Popen(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if summary.exists() and json.loads(summary.read_text())["step"] >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        for pid in workers:  # the two training processes die at once, wherever they are
+            os.kill(pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = json.loads(summary.read_text())
+    killed_run = torch.load(tmp_path / "state/last.pt", weights_only=True)["train"]["run_id"]
+    assert not (tmp_path / "out/final.pt").exists()
+
+    restarted = subprocess.run(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
+                               capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'state/last.pt'}: epoch {killed_at['epoch']}" in restarted.stdout
+    assert killed_at["step_in_epoch"] > 0  # mid-epoch (4 steps per epoch)
+
+    ours = torch.load(tmp_path / "out/final.pt", weights_only=True)
+    reference = torch.load(two_processes / "out/final.pt", weights_only=True)
+    assert ours["model"].keys() == reference["model"].keys()
+    for name, tensor in reference["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
+    assert ours["mlflow_run_id"] == killed_run  # the same MLflow run, continued
+    steps = history(mlflow_uri, killed_run, "train/coca_loss")
+    assert sorted({s for s, _ in steps}) == list(range(1, 9))
+    reference_steps = dict(history(mlflow_uri, run_id(two_processes), "train/coca_loss"))
+    assert all(value == reference_steps[step] for step, value in steps)  # redone steps: the same values
+    assert json.loads((tmp_path / "metrics/pretrain.json").read_text()) == \
+        json.loads((two_processes / "metrics/pretrain.json").read_text())
+    assert not (tmp_path / "state").exists()  # finished: the next run starts afresh

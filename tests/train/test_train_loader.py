@@ -1,0 +1,137 @@
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from trainkit import write_split
+
+from pipeline.data.loader import IMAGENET_MEAN, IMAGENET_STD, TrainLoader, ValLoader
+
+
+def loader(path, **kw) -> TrainLoader:
+    args = dict(micro_batch_size=4, grad_accum_steps=2, streams=2, shuffle_buffer=8, seed=0)
+    return TrainLoader(path, **{**args, **kw})
+
+
+def epoch_batches(lo: TrainLoader, epoch: int = 0) -> list:
+    return list(lo.iter_epoch(epoch))
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(x.images, y.images) and torch.equal(x.text, y.text) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    path = tmp_path_factory.mktemp("loader") / "train"
+    write_split(path, "cc12m", "train", 70, samples_per_shard=16)  # 5 shards, the last one short
+    return path
+
+
+def test_batch_format(split):
+    lo = loader(split)
+    batches = epoch_batches(lo)
+    assert len(batches) == lo.steps_in_epoch(0) * 2
+    b = batches[0]
+    assert b.images.shape == (4, 3, 32, 32) and b.images.dtype == torch.float32
+    assert b.text.shape == b.targets.shape == (4, 16)
+    assert (b.text[:, 1:] == b.targets[:, :-1]).all()  # targets = inputs shifted by one
+    assert (b.text[:, 0] == 254).all() and (b.text[:, -1] == 255).all()  # BOS first, CLS last input
+    # normalisation: back to [0, 1] with the ImageNet statistics
+    pixels = b.images * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    assert torch.allclose(pixels * 255, (pixels * 255).round(), atol=1e-3)
+
+
+def test_reproducible_and_reshuffled_each_epoch(split):
+    assert same(epoch_batches(loader(split)), epoch_batches(loader(split)))
+    assert not same(epoch_batches(loader(split), 0), epoch_batches(loader(split), 1))
+    assert not same(epoch_batches(loader(split)), epoch_batches(loader(split, seed=1)))
+
+
+def test_same_global_batches_for_any_number_of_processes_and_workers(split):
+    one = epoch_batches(loader(split, micro_batch_size=4))
+    ranks = [epoch_batches(loader(split, micro_batch_size=2, rank=r, world_size=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one)  # every process: the same number of batches
+    for b, b0, b1 in zip(one, *ranks):
+        assert torch.equal(b.images, torch.cat([b0.images, b1.images]))
+        assert torch.equal(b.targets, torch.cat([b0.targets, b1.targets]))
+    assert same(one, epoch_batches(loader(split, micro_batch_size=4, num_workers=2)))
+
+
+def test_exact_restart_mid_epoch(split):
+    full = epoch_batches(loader(split, num_workers=2), 1)
+    lo = loader(split, num_workers=2)
+    it = lo.iter_epoch(1)
+    first = [next(it) for _ in range(5)]
+    it.close()
+    resumed = loader(split, num_workers=2)
+    resumed.load_state_dict(lo.state_dict())
+    assert same(full, first + list(resumed.iter_epoch(1)))
+
+
+def test_fewer_shards_than_streams(tmp_path):
+    write_split(tmp_path / "s", "roco", "train", 30, samples_per_shard=100)  # one shard, 4 streams
+    lo = loader(tmp_path / "s", streams=4)
+    batches = epoch_batches(lo)
+    assert len(batches) == 2 * lo.steps_in_epoch(0) == 6  # 7 samples per stream, 1 per chunk, 3 steps
+    keys = torch.cat([b.images.flatten(1) for b in batches])
+    assert len(torch.unique(keys, dim=0)) == len(keys)  # no sample twice
+
+
+def test_corrupt_members_are_skipped_and_counted(tmp_path):
+    write_split(tmp_path / "c", "cc12m", "train", 40, samples_per_shard=10, corrupt=(3, 17))
+    lo = loader(tmp_path / "c", shuffle_buffer=1)
+    batches = epoch_batches(lo)
+    assert len(batches) == 2 * lo.steps_in_epoch(0)
+    assert lo.corrupt_total == 2
+    val = ValLoader(tmp_path / "c", batch_size=8)
+    assert sum(len(b) for b in val) == 38 and val.corrupt == 2
+
+
+def test_unreadable_tar_is_skipped_and_counted(tmp_path):
+    write_split(tmp_path / "t", "cc12m", "train", 40, samples_per_shard=10)
+    shard = tmp_path / "t/shard-00001-0000.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])  # truncated in the middle of a member
+    lo = loader(tmp_path / "t", micro_batch_size=2, shuffle_buffer=1)
+    assert len(epoch_batches(lo)) == 2 * lo.steps_in_epoch(0)  # padded: still every batch
+    assert lo.corrupt_total >= 1
+    val = ValLoader(tmp_path / "t", batch_size=8)
+    n = sum(len(b) for b in val)
+    assert 30 <= n < 40 and val.corrupt >= 1
+
+
+def test_bad_token_array_is_corrupt(tmp_path):
+    write_split(tmp_path / "k", "cc12m", "val", 8, samples_per_shard=8)
+    path = tmp_path / "k/shard-00000-0000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for m, data in members:
+            if m.name.endswith("0000002.tokens.npy"):
+                buffer = io.BytesIO()
+                np.save(buffer, np.zeros(5, dtype=np.int32))  # wrong length
+                data = buffer.getvalue()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    val = ValLoader(tmp_path / "k", batch_size=8)
+    assert sum(len(b) for b in val) == 7 and val.corrupt == 1
+
+
+def test_validation_sees_every_sample_once_whatever_the_processes(tmp_path):
+    write_split(tmp_path / "v", "cc12m", "val", 50, samples_per_shard=16)
+    one = torch.cat([b.images for b in ValLoader(tmp_path / "v", batch_size=8)])
+    two = [torch.cat([b.images for b in ValLoader(tmp_path / "v", batch_size=8, rank=r, world_size=2, num_workers=2)])
+           for r in range(2)]
+    assert len(one) == 50 and sum(len(t) for t in two) == 50
+    assert torch.equal(torch.sort(one.flatten(1), dim=0).values, torch.sort(torch.cat(two).flatten(1), dim=0).values)
+
+
+def test_invalid_stream_counts(split):
+    with pytest.raises(ValueError, match="data_streams"):
+        loader(split, streams=3, world_size=2)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        loader(split, micro_batch_size=3, streams=2)
+    with pytest.raises(ValueError, match="no optimiser step"):
+        loader(split, micro_batch_size=64).steps_in_epoch(0)

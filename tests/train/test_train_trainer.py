@@ -1,0 +1,163 @@
+"""The training loop in one process: MLflow records, non-finite losses, fine-tuning with soft resets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from trainkit import build_cfg, pretrain_spec
+
+from pipeline.train import loop
+from pipeline.train.loop import NonFiniteLoss, RunSpec, train
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data, mlflow_uri):
+    work = tmp_path_factory.mktemp("pretrain")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+        final = train(build_cfg(), pretrain_spec(data, work))
+    return work, final
+
+
+def test_mlflow_metrics_read_back_equal_the_metrics_files(pretrained, mlflow_uri):
+    work, final = pretrained
+    metrics = json.loads((work / "metrics/pretrain.json").read_text())
+    assert metrics == final
+    ckpt = torch.load(work / "out/final.pt", weights_only=True)
+    run = client(mlflow_uri).get_run(ckpt["mlflow_run_id"])
+    assert run.info.run_name == "pretrain-grr" and run.info.status == "FINISHED"
+    assert run.data.tags["encoder"] == "grr" and run.data.tags["preset"] == "smoke"
+    assert run.data.tags["phase"] == "pretrain" and "git_commit" in run.data.tags
+    for key in ("coca_loss", "perplexity", "contrastive_loss", "caption_loss"):
+        assert run.data.metrics[f"final/{key}"] == metrics[key]
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["caption_loss"]))
+    assert metrics["coca_loss"] == pytest.approx(2 * metrics["contrastive_loss"] + metrics["caption_loss"])
+    # the validation curve file holds exactly what MLflow recorded
+    rows = list(csv.DictReader((work / "metrics/pretrain_val.tsv").open(), delimiter="\t"))
+    assert [r["kind"] for r in rows] == ["start", "epoch", "epoch"]
+    history = client(mlflow_uri).get_metric_history(run.info.run_id, "val/perplexity")
+    assert [(m.step, m.value) for m in history] == [(int(r["step"]), float(r["perplexity"])) for r in rows]
+    assert float(rows[-1]["coca_loss"]) == metrics["coca_loss"]
+    # every step's training metrics, and the resolved parameters
+    for key in ("coca_loss", "caption_loss", "contrastive_loss", "lr", "grad_norm", "samples_per_s"):
+        assert len(client(mlflow_uri).get_metric_history(run.info.run_id, f"train/{key}")) == 16  # 2 epochs x 8 steps
+    assert run.data.params["pretrain.lambda_con"] == "2.0" and run.data.params["model.encoder"] == "grr"
+    assert run.data.params["run.global_batch_size"] == "8"
+    artifacts = {a.path for a in client(mlflow_uri).list_artifacts(run.info.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/final.pt", "checkpoints/best.pt"}
+    assert not (work / "state").exists()
+
+
+def test_pretraining_learns(pretrained):
+    work, _ = pretrained
+    rows = list(csv.DictReader((work / "metrics/pretrain_val.tsv").open(), delimiter="\t"))
+    assert float(rows[-1]["caption_loss"]) < float(rows[0]["caption_loss"])
+
+
+class ScriptedValidation:
+    """Validation returning scripted CoCa losses; remembers the weights it saw."""
+
+    def __init__(self, losses):
+        self.losses, self.seen = list(losses), []
+
+    def __call__(self, model, loader, phase, model_cfg, device, amp):
+        self.seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        loss = self.losses.pop(0)
+        return {"coca_loss": loss, "caption_loss": loss / 2, "perplexity": math.exp(loss / 2),
+                "contrastive_loss": 0.0, "samples": 16, "corrupt_samples": 0}
+
+
+def test_finetune_soft_resets_then_stops_with_the_best_weights(tmp_path, data, pretrained, mlflow_env, monkeypatch):
+    work, _ = pretrained
+    # start, then epochs 1..11: best at epoch 2; resets after epochs 5 and 8; stop after epoch 11
+    script = ScriptedValidation([9.0, 5.0, 4.0, 4.5, 4.6, 4.7, 4.2, 4.3, 4.4, 4.1, 4.1, 4.1])
+    monkeypatch.setattr(loop, "validate", script)
+    loads = []
+    real_load_best = loop.Checkpointer.load_best
+
+    def spy(self, device):
+        loads.append(real_load_best(self, device))
+        return loads[-1]
+
+    monkeypatch.setattr(loop.Checkpointer, "load_best", spy)
+    spec = RunSpec("finetune", "mscoco", data / "mscoco/train", data / "mscoco/val", tmp_path / "out",
+                   tmp_path / "state", tmp_path / "finetune.json", tmp_path / "finetune_val.tsv",
+                   init=work / "out/final.pt", repo=tmp_path)
+    final = train(build_cfg(), spec)
+    assert final["epochs_run"] == 11 and final["epoch"] == 2 and final["coca_loss"] == 4.0
+    best_weights = script.seen[2]  # validated after epoch 2
+    assert len(loads) == 3  # two soft resets, then the final weights
+    for loaded in loads:
+        assert "optimizer" in loaded and loaded["epoch"] == 2
+        assert all(torch.equal(loaded["model"][k], v) for k, v in best_weights.items())
+    out = torch.load(tmp_path / "out/final.pt", weights_only=True)
+    assert all(torch.equal(out["model"][k], v) for k, v in best_weights.items())
+    # LR bounds divided by 100 at each reset: 4 steps per epoch
+    run = client(mlflow_env).get_run(out["mlflow_run_id"])
+    lrs = dict((m.step, m.value) for m in client(mlflow_env).get_metric_history(run.info.run_id, "train/lr"))
+    per_epoch = [max(lrs[e * 4 + i] for i in range(1, 5)) for e in range(11)]
+    assert per_epoch[:5] == pytest.approx([1e-4] * 5)
+    assert per_epoch[5:8] == pytest.approx([1e-6] * 3)
+    assert per_epoch[8:] == pytest.approx([1e-8] * 3)
+    assert run.info.run_name == "finetune-mscoco-grr"
+    pretrain_run = torch.load(work / "out/final.pt", weights_only=True)["mlflow_run_id"]
+    assert run.data.tags["pretrain_run_id"] == pretrain_run
+    rows = list(csv.DictReader((tmp_path / "finetune_val.tsv").open(), delimiter="\t"))
+    assert [int(r["lr_level"]) for r in rows] == [0] * 6 + [1] * 3 + [2] * 3
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data, mlflow_env, monkeypatch):
+    calls = {"n": 0}
+
+    class Exploding(loop.CoCaLoss):
+        def forward(self, outputs, targets):
+            calls["n"] += 1
+            losses = super().forward(outputs, targets)
+            if calls["n"] == 7:  # step 4, first micro-batch
+                losses["caption_loss"] = losses["caption_loss"] * float("nan")
+            return losses
+
+    monkeypatch.setattr(loop, "CoCaLoss", Exploding)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss .* step 4 .*last good checkpoint"):
+        train(build_cfg(ckpt_every_steps=1), pretrain_spec(data, tmp_path))
+    summary = json.loads((tmp_path / "state/last.json").read_text())
+    assert summary["step"] == 3
+    state = torch.load(tmp_path / "state/last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert client(mlflow_env).get_run(state["train"]["run_id"]).info.status == "FAILED"
+    assert not (tmp_path / "out/final.pt").exists()
+
+
+def test_unreachable_tracking_server_stops_with_its_uri(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(RuntimeError, match=r"MLflow tracking at http://127.0.0.1:9 cannot be reached"):
+        train(build_cfg(), pretrain_spec(data, tmp_path))
+
+
+def test_state_of_another_configuration_is_not_resumed(tmp_path, data, mlflow_env, monkeypatch, capsys):
+    class Stop(Exception):
+        pass
+
+    def stop_after_start(self):
+        raise Stop
+
+    with monkeypatch.context() as mp:
+        mp.setattr(loop.Trainer, "_run_epoch", stop_after_start)
+        with pytest.raises(Stop):
+            train(build_cfg(), pretrain_spec(data, tmp_path))
+    assert (tmp_path / "state/last.pt").exists()
+    with monkeypatch.context() as mp:
+        mp.setattr(loop.Trainer, "_run_epoch", stop_after_start)
+        with pytest.raises(Stop):
+            train(build_cfg(seed=1), pretrain_spec(data, tmp_path))
+    assert "belongs to another configuration: starting afresh" in capsys.readouterr().out

@@ -1,0 +1,141 @@
+"""Helpers of the trainer tests: tiny generated shards in the shard stage's format
+(pipeline/data/shard.py), params files, and the pretrain stage run under torchrun.
+
+Images and captions are tied by a class: each class has its own colour pattern and its own caption
+words, so that a tiny model can learn something in a few steps.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+PAD, EOS = 0, 1
+
+
+def sample_tokens(rng: np.random.Generator, cls_index: int, context_length: int, vocab_size: int) -> np.ndarray:
+    bos, cls_id = vocab_size - 2, vocab_size - 1
+    words = 3 + (cls_index * 7 + np.arange(4)) % (vocab_size - 5)
+    n = int(rng.integers(2, min(6, context_length - 3) + 1))
+    caption = rng.choice(words, size=n)
+    seq = [bos, *caption.tolist(), EOS]
+    seq += [PAD] * (context_length - 1 - len(seq)) + [cls_id, PAD]
+    return np.asarray(seq, dtype=np.int32)
+
+
+def sample_image(rng: np.random.Generator, cls_index: int, size: int) -> bytes:
+    base = np.array([(cls_index * 53) % 256, (cls_index * 97) % 256, (cls_index * 151) % 256], dtype=np.float32)
+    pixels = base + rng.normal(0, 20, size=(size, size, 3))
+    pixels[: size // 2, :, cls_index % 3] = 255 - pixels[: size // 2, :, cls_index % 3]
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_split(out: Path, dataset: str, split: str, samples: int, *, samples_per_shard: int = 16,
+                image_size: int = 32, context_length: int = 16, vocab_size: int = 256, classes: int = 6,
+                seed: int = 0, corrupt: tuple[int, ...] = ()) -> dict:
+    """Write out/<shard>.tar files and out/manifest.json; samples whose index is in `corrupt` get
+    garbage instead of a JPEG (still counted in the manifest, as a corrupted file would be)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards = []
+    for number, start in enumerate(range(0, samples, samples_per_shard)):
+        name = f"shard-{number:05d}-0000.tar"
+        count = min(samples_per_shard, samples - start)
+        with tarfile.open(out / name, "w") as tar:
+            for i in range(start, start + count):
+                cls_index = int(rng.integers(classes))
+                key = f"{dataset}-{split}-{number:05d}-{i:07d}"
+                tokens = io.BytesIO()
+                np.save(tokens, sample_tokens(rng, cls_index, context_length, vocab_size))
+                jpg = b"not a jpeg at all" if i in corrupt else sample_image(rng, cls_index, image_size)
+                fields = {"jpg": jpg, "tokens.npy": tokens.getvalue(), "txt": f"class {cls_index}".encode(),
+                          "json": json.dumps({"dataset": dataset, "split": split, "image_id": str(i)}).encode()}
+                for ext, data in fields.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        shards.append({"file": name, "samples": count})
+    manifest = {"dataset": dataset, "split": split, "samples": samples, "shards": shards,
+                "image_size": image_size, "context_length": context_length, "skipped": {}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A run small enough for 2 CPU cores: smoke model, 80 training samples in 5 shards, 2 data streams,
+# global batch 8 (micro-batch x processes x 2 accumulation steps), 8 steps per epoch.
+TRAIN = {
+    "nproc_per_node": 1, "device": "cpu", "precision": "fp32", "micro_batch_size": 4, "grad_accum_steps": 2,
+    "num_workers": 0, "data_streams": 2, "shuffle_buffer": 8, "val_batch_size": 8, "log_every_steps": 4,
+    "ckpt_every_steps": 0, "threads_per_process": 1, "max_steps_per_epoch": 0,
+}
+PHASES = {
+    "pretrain": {"epochs": 2, "warmup_steps": 2, "lr_max": 1.0e-3, "lr_min": 1.0e-5, "dropout": 0.0},
+    "finetune": {"epochs": 12, "lr_max": 1.0e-4, "lr_min": 1.0e-6, "dropout": 0.0,
+                 "patience": 9, "soft_reset_after": 3, "lr_levels": 3},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+
+
+
+def params(**train) -> dict:
+    """Smoke-preset params with the test run's train section; `pretrain=`/`finetune=` override a phase."""
+    phases = {name: merge(PHASES[name], train.pop(name, {})) for name in PHASES}
+    return {"preset": "smoke", "train": merge(TRAIN, train), **phases}
+
+
+def write_params(path: Path, **train) -> Path:
+    path.write_text(yaml.safe_dump(params(**train)))
+    return path
+
+
+def build_cfg(**train):
+    from pipeline.config import build_config
+
+    return build_config(params(**train))
+
+
+def pretrain_spec(data: Path, work: Path):
+    from pipeline.train.loop import RunSpec
+
+    return RunSpec("pretrain", "cc12m", data / "cc12m/train", data / "cc12m/val", work / "out", work / "state",
+                   work / "metrics/pretrain.json", work / "metrics/pretrain_val.tsv", repo=work)
+
+
+def stage_command(work: Path, data: Path, nproc: int, params: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(REPO / "stages/pretrain.py"), "--params", str(params), "--train", str(data / "cc12m/train"),
+            "--val", str(data / "cc12m/val"), "--out", str(work / "out"), "--state", str(work / "state"),
+            "--metrics", str(work / "metrics/pretrain.json"), "--curve", str(work / "metrics/pretrain_val.tsv")]
+
+
+def stage_env(mlflow_uri: str) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PYTHONWARNINGS": "ignore"}
+
+
+def run_stage(work: Path, data: Path, nproc: int, params: Path, mlflow_uri: str) -> subprocess.CompletedProcess:
+    work.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(stage_command(work, data, nproc, params), cwd=work, env=stage_env(mlflow_uri),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
