@@ -38,6 +38,59 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(f"{args.dataset}: {report['success']}/{report['rows']} downloaded ({report['success_rate']:.1%})")
 
 
+def resolve_checkpoint(args: argparse.Namespace) -> str:
+    """--checkpoint as given, or --run's final checkpoint fetched from MLflow."""
+    if args.checkpoint:
+        return args.checkpoint
+    import mlflow
+
+    from pipeline.train.tracking import repo_root, tracking_uri
+
+    uri = args.tracking_uri or tracking_uri(repo_root())
+    try:
+        return mlflow.MlflowClient(uri).download_artifacts(args.run, "checkpoints/final.pt")
+    except Exception as e:  # noqa: BLE001 - unknown run, no artifact, unreachable store: one message
+        raise SystemExit(f"grr-coca: cannot fetch checkpoints/final.pt of run {args.run} from {uri}: {e}") from None
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    """Caption images with a trained checkpoint."""
+    from pipeline.evaluate.inference import CheckpointError, caption_images, load_checkpoint, load_images
+
+    try:
+        loaded = load_checkpoint(resolve_checkpoint(args))
+        images = load_images(args.images, loaded.model.cfg.image_size)
+    except CheckpointError as e:
+        raise SystemExit(f"grr-coca caption: {e}") from None
+    for path, caption in zip(args.images, caption_images(loaded, images, args.method, args.beams)):
+        print(f"{path}\t{caption}")
+
+
+def cmd_retrieve(args: argparse.Namespace) -> None:
+    """Rank the images of a folder by how well they match a text."""
+    from pathlib import Path
+
+    from pipeline.evaluate.inference import CheckpointError, load_checkpoint, load_images, rank_images
+
+    paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not paths:
+        raise SystemExit(f"grr-coca retrieve: no .jpg/.jpeg/.png/.webp images in {args.images}")
+    try:
+        loaded = load_checkpoint(resolve_checkpoint(args))
+        ranking = rank_images(loaded, load_images(paths, loaded.model.cfg.image_size), args.query)
+    except CheckpointError as e:
+        raise SystemExit(f"grr-coca retrieve: {e}") from None
+    for rank, (index, score) in enumerate(ranking[: args.top], 1):
+        print(f"{rank}\t{score:.4f}\t{paths[index]}")
+
+
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a final.pt or best.pt written by the pretrain or finetune stage")
+    source.add_argument("--run", help="an MLflow run id: its checkpoints/final.pt artifact is used")
+    p.add_argument("--tracking-uri", help="for --run (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grr-coca", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="re-download only the rows that failed")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_download)
+
+    from pipeline.evaluate.report import add_arguments, run_compare
+
+    p = add_arguments(sub.add_parser("compare", help="GRR-CoCa against Baseline CoCa from MLflow: "
+                                                     "reports/comparison.md and validation curves"))
+    p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("caption", help=cmd_caption.__doc__)
+    p.add_argument("images", nargs="+")
+    add_model_source(p)
+    p.add_argument("--method", choices=["beam", "greedy"], default="beam")
+    p.add_argument("--beams", type=int, default=3)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("retrieve", help=cmd_retrieve.__doc__)
+    p.add_argument("--images", required=True, help="a folder of images")
+    p.add_argument("--query", required=True)
+    p.add_argument("--top", type=int, default=10)
+    add_model_source(p)
+    p.set_defaults(func=cmd_retrieve)
     return parser
 
 

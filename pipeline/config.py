@@ -119,6 +119,16 @@ class DataConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
 
 
+@dataclass
+class EvaluateConfig:
+    """Evaluation beyond the paper's losses: beam-search captions (BLEU-4, CIDEr) and recall@K."""
+
+    num_beams: int = 3
+    batch_size: int = 32
+    max_images: int = 0  # 0 = every validation image; CC12M's 550k in the paper are subsampled
+    samples_to_show: int = 20  # generated captions beside their references, as an MLflow artifact
+
+
 # --------------------------------------------------------------------------------------------
 # The whole configuration
 # --------------------------------------------------------------------------------------------
@@ -132,6 +142,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # what both training phases share
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -376,7 +376,9 @@ class Trainer:
         final.update(epoch=final_val["epoch"], step=final_val["step"], epochs_run=st.epoch, steps_run=st.step)
         if d.is_main:
             meta = {"model_config": self.model_cfg.to_dict(), "phase": spec.phase, "dataset": spec.dataset,
-                    "mlflow_run_id": st.run_id, "train_config": _plain(self.tcfg.to_dict())}
+                    "mlflow_run_id": st.run_id, "train_config": _plain(self.tcfg.to_dict()),
+                    # the tokenizer's files travel with the weights: inference needs nothing else
+                    "tokenizer_files": tokenizer_files(spec.tokenizer)}
             best = self.ckpt.load_best("cpu")
             best_path = self.ckpt.write_output("best", {"model": best["model"], **meta, "epoch": best["epoch"],
                                                         "step": best["step"], "val": best["val"]})
@@ -392,6 +394,13 @@ class Trainer:
         if d.is_main:
             self.ckpt.clear_state()
         return final
+
+
+def tokenizer_files(directory: Path | None) -> dict[str, str]:
+    """The saved tokenizer's files (save_pretrained's JSON and text files), by name."""
+    if directory is None or not Path(directory).is_dir():
+        return {}
+    return {p.name: p.read_text() for p in sorted(Path(directory).iterdir()) if p.is_file()}
 
 
 def _plain(d: Any) -> Any:

@@ -1,0 +1,109 @@
+"""Inference on a smoke-preset checkpoint: caption, retrieve, evaluate; mismatches refused."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cli import main as cli
+from pipeline.config import build_config
+from pipeline.data.tokenizer import build_tokenizer, encode_captions
+from pipeline.evaluate.evaluation import evaluate, read_validation_set
+from pipeline.evaluate.inference import CheckpointError, load_checkpoint
+from pipeline.model import CoCa
+from pipeline.train.loop import tokenizer_files
+
+CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint in the trainer's format (weights, model config, tokenizer files), smoke preset."""
+    root = tmp_path_factory.mktemp("ckpt")
+    cfg = build_config({"preset": "smoke"}).model
+    tokenizer = build_tokenizer("train", cfg.vocab_size, CAPTIONS * 20)
+    tokenizer.save_pretrained(root / "tokenizer")
+    torch.manual_seed(0)
+    model = CoCa(cfg)
+    path = root / "final.pt"
+    torch.save({"model": model.state_dict(), "model_config": cfg.to_dict(), "mlflow_run_id": None,
+                "tokenizer_files": tokenizer_files(root / "tokenizer")}, path)
+    images = root / "images"
+    images.mkdir()
+    for i, colour in enumerate(["red", "blue", "green"]):
+        Image.new("RGB", (40 + 10 * i, 30), colour).save(images / f"{i}.jpg")
+    return root, path, images, cfg, tokenizer
+
+
+def test_caption_prints_one_caption_per_image(checkpoint, capsys):
+    _, path, images, _, _ = checkpoint
+    files = sorted(str(p) for p in images.iterdir())
+    cli(["caption", *files, "--checkpoint", str(path), "--beams", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == files
+    # An untrained model's caption is arbitrary, but greedy and the beam are real generations: decoded text.
+    assert all(len(line.split("\t")) == 2 for line in lines)
+
+
+def test_retrieve_ranks_every_image(checkpoint, capsys):
+    _, path, images, _, _ = checkpoint
+    cli(["retrieve", "--images", str(images), "--query", "a red circle", "--checkpoint", str(path)])
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+    scores = [float(r[1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert sorted(r[2] for r in rows) == sorted(str(p) for p in images.iterdir())
+
+
+def test_a_checkpoint_whose_tokenizer_does_not_match_is_refused(checkpoint, tmp_path):
+    root, path, _, cfg, _ = checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    other = build_tokenizer("train", cfg.vocab_size + 8, CAPTIONS * 20)
+    other.save_pretrained(tmp_path / "tok")
+    ckpt["tokenizer_files"] = tokenizer_files(tmp_path / "tok")
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="tokenizer does not match the model configuration.*vocab_size"):
+        load_checkpoint(tmp_path / "bad.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_config"]["dim"] = 64
+    torch.save(ckpt, tmp_path / "bad2.pt")
+    with pytest.raises(CheckpointError, match="weights do not match its model configuration"):
+        load_checkpoint(tmp_path / "bad2.pt")
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        cli(["caption", "x.jpg", "--checkpoint", str(tmp_path / "missing.pt")])
+
+
+def test_evaluation_groups_captions_by_image(checkpoint, tmp_path):
+    _, path, _, cfg, tokenizer = checkpoint
+    shards = tmp_path / "val"
+    shards.mkdir()
+    tokens, _ = encode_captions(tokenizer, CAPTIONS * 2, cfg.context_length)
+    with tarfile.open(shards / "shard-0.tar", "w") as tar:
+        for i in range(8):  # 4 images x 2 captions
+            image = io.BytesIO()
+            Image.new("RGB", (cfg.image_size,) * 2, (60 * (i % 4), 0, 0)).save(image, format="JPEG")
+            buffer = io.BytesIO()
+            np.save(buffer, tokens[i])
+            fields = {"jpg": image.getvalue(), "tokens.npy": buffer.getvalue(), "txt": CAPTIONS[i % 4].encode(),
+                      "json": json.dumps({"image_id": str(i % 4)}).encode()}
+            for ext, data in fields.items():
+                info = tarfile.TarInfo(f"s{i:03d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (shards / "manifest.json").write_text(json.dumps({"shards": [{"file": "shard-0.tar", "samples": 8}],
+                                                       "image_size": cfg.image_size,
+                                                       "context_length": cfg.context_length}))
+    val = read_validation_set(shards)
+    assert val.image_ids == ["0", "1", "2", "3"] and val.caption_image == [0, 1, 2, 3] * 2
+    assert val.references["2"] == [CAPTIONS[2]] * 2
+    metrics, shown = evaluate(load_checkpoint(path), val, num_beams=2, batch_size=3)
+    assert (metrics["images"], metrics["captions"]) == (4, 8)
+    assert set(metrics) >= {"bleu4", "cider", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
+    # 4 images and 8 captions: text->image R@5 and R@10 and image->text R@10 hold whatever the model.
+    assert metrics["t2i_r5"] == metrics["t2i_r10"] == metrics["i2t_r10"] == 100.0
+    assert 0.0 <= metrics["bleu4"] <= 1.0 and metrics["cider"] >= 0.0
+    assert len(shown) == 4 and shown[0]["references"] == [CAPTIONS[0]] * 2
