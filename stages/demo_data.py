@@ -30,6 +30,7 @@ def main() -> None:
         return
     start = time.perf_counter()
     summary = generate_demo(cfg.data.demo, out)
+    summary.pop("files", None)  # paths, not metrics: `dvc metrics show` lists numbers
     summary["seconds"] = round(time.perf_counter() - start, 2)
     write_json(args.summary, summary)
     print(f"demo datasets written to {out} in {summary['seconds']} s")
