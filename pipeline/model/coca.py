@@ -1,0 +1,330 @@
+"""CoCa (Contrastive Captioner): Baseline CoCa and GRR-CoCa.
+
+    images -> VisionTransformer -> 256 patch embeddings
+           -> AttentionalPooler (generative, 64 queries) -> 64 image tokens  (cross-attention context)
+           -> AttentionalPooler (contrastive, 1 query)   -> image embedding  (contrastive loss)
+    text   -> UnimodalTextDecoder (causal)               -> hidden states; output at CLS = text embedding
+           -> MultimodalTextDecoder (causal + cross-attn) -> vocabulary logits (captioning loss)
+
+The two variants differ only in the ViT (``ModelConfig.encoder``):
+    baseline: pre-norm LayerNorm, GELU MLP (mlp_ratio), fixed 2-D sin-cos positions added once;
+    grr:      pre-norm RMSNorm, GEGLU (geglu_ratio), 2-D RoPE on queries and keys in every layer.
+Both text decoders use RMSNorm, GEGLU and 1-D RoPE in both variants.
+
+Layout (open_clip's CoCa layout, see SPEC "Parameter accounting"): poolers have learned queries,
+LayerNorms on queries and keys and biased attention; each multimodal layer is a self-attention block
+with its own feed-forward followed by a cross-attention block with its own feed-forward and a norm on
+the cross-attention context; the vocabulary head is untied and has a bias. There is no final ViT
+norm (the poolers normalise their keys) and no image/text projection: the embeddings are the
+contrastive pooler's output and the unimodal decoder's (RMS-normed) CLS output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, init_trunc_normal_, patch_grid,
+                     rope_1d, rope_2d, sincos_2d_positions)
+
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------ blocks
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention block: x + attn(norm(x)), then x + ff(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, norm: type[nn.Module], ff: nn.Module, dropout: float):
+        super().__init__()
+        self.norm_attn = norm(dim)
+        self.attn = Attention(dim, heads, dropout=dropout)
+        self.norm_ff = norm(dim)
+        self.ff = ff
+
+    def forward(self, x: torch.Tensor, *, rope: Rope | None = None,
+                attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x), rope=rope, attn_mask=attn_mask, is_causal=is_causal,
+                          cache=cache)
+        return x + self.ff(self.norm_ff(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention block (text queries, image context), then its own feed-forward."""
+
+    def __init__(self, dim: int, heads: int, ff: nn.Module, dropout: float):
+        super().__init__()
+        self.norm_attn = RMSNorm(dim)
+        self.norm_context = RMSNorm(dim)
+        self.attn = Attention(dim, heads, cross=True, dropout=dropout)
+        self.norm_ff = RMSNorm(dim)
+        self.ff = ff
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, *,
+                cache: KVCache | None = None) -> torch.Tensor:
+        # With a filled cache the context's keys/values are reused and the context is not read.
+        ctx = None if cache is not None and cache.k is not None else self.norm_context(context)
+        x = x + self.attn(self.norm_attn(x), ctx, cache=cache)
+        return x + self.ff(self.norm_ff(x))
+
+
+def text_feed_forward(cfg: ModelConfig) -> GEGLU:
+    return GEGLU(cfg.dim, cfg.geglu_hidden, cfg.dropout, bias=cfg.text_geglu_bias)
+
+
+# ------------------------------------------------------------------------------ image encoder
+
+
+class VisionTransformer(nn.Module):
+    """ViT over (image_size / patch_size)^2 patches; returns all patch embeddings (B, N, dim)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = cfg.encoder
+        self.patch_embed = nn.Conv2d(3, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        if cfg.encoder == "baseline":
+            # Fixed (non-trainable) absolute positions, added once to the patch embeddings.
+            self.register_buffer("pos_embed", sincos_2d_positions(cfg.grid_size, cfg.dim),
+                                 persistent=False)
+            norm, ff = nn.LayerNorm, lambda: GeluMLP(cfg.dim, cfg.mlp_hidden, cfg.dropout)
+        else:
+            # 2-D RoPE tables for the fixed patch grid, applied to q and k in every layer.
+            rope_cos, rope_sin = rope_2d(*patch_grid(cfg.grid_size), cfg.head_dim, cfg.rope_base)
+            self.register_buffer("rope_cos", rope_cos, persistent=False)
+            self.register_buffer("rope_sin", rope_sin, persistent=False)
+            norm, ff = RMSNorm, lambda: GEGLU(cfg.dim, cfg.geglu_hidden, cfg.dropout, bias=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg.dim, cfg.heads, norm, ff(), cfg.dropout)
+            for _ in range(cfg.vit_layers))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # (B, dim, grid, grid) -> (B, N, dim), patches in row-major order; contiguous, or every
+        # later op of the residual stream would run on a transposed (slow) memory layout
+        x = self.patch_embed(images).flatten(2).transpose(1, 2).contiguous()
+        rope = None
+        if self.encoder == "baseline":
+            x = x + self.pos_embed.to(x.dtype)
+        else:
+            rope = (self.rope_cos, self.rope_sin)
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, rope=rope)
+        return x
+
+
+class AttentionalPooler(nn.Module):
+    """Learned queries cross-attending to a sequence: (B, N, dim) -> (B, num_queries, dim)."""
+
+    def __init__(self, dim: int, heads: int, num_queries: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(num_queries, dim))
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, cross=True)
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        q = self.norm_query(self.query).expand(context.shape[0], -1, -1)
+        return self.attn(q, self.norm_context(context))
+
+
+# ------------------------------------------------------------------------------ text decoders
+
+
+class UnimodalTextDecoder(nn.Module):
+    """Causal text decoder over token ids; returns the hidden states (B, L, dim).
+
+    ``final_norm`` is applied by CoCa to the output at the CLS position (the text embedding).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg.dim, cfg.heads, RMSNorm, text_feed_forward(cfg), cfg.dropout)
+            for _ in range(cfg.unimodal_layers))
+        self.final_norm = RMSNorm(cfg.dim)
+
+    def forward(self, tokens: torch.Tensor, *, rope: Rope, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False, caches: list[KVCache] | None = None) -> torch.Tensor:
+        x = self.dropout(self.token_embedding(tokens))
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope=rope, attn_mask=attn_mask, is_causal=is_causal,
+                      cache=None if caches is None else caches[i])
+        return x
+
+
+class MultimodalLayer(nn.Module):
+    """One multimodal decoder layer: causal self-attention block, then cross-attention block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_block = TransformerBlock(cfg.dim, cfg.heads, RMSNorm, text_feed_forward(cfg),
+                                           cfg.dropout)
+        self.cross_block = CrossAttentionBlock(cfg.dim, cfg.heads, text_feed_forward(cfg),
+                                               cfg.dropout)
+
+    def forward(self, x: torch.Tensor, image_tokens: torch.Tensor, *, rope: Rope,
+                attn_mask: torch.Tensor | None, is_causal: bool,
+                caches: tuple[KVCache, KVCache] | None = None) -> torch.Tensor:
+        self_cache, cross_cache = caches if caches is not None else (None, None)
+        x = self.self_block(x, rope=rope, attn_mask=attn_mask, is_causal=is_causal,
+                            cache=self_cache)
+        return self.cross_block(x, image_tokens, cache=cross_cache)
+
+
+class MultimodalTextDecoder(nn.Module):
+    """Unimodal hidden states + pooled image tokens -> next-token logits (B, L, vocab_size)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(MultimodalLayer(cfg) for _ in range(cfg.multimodal_layers))
+        self.final_norm = RMSNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=True)  # untied from the embedding
+
+    def forward(self, x: torch.Tensor, image_tokens: torch.Tensor, *, rope: Rope,
+                attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                caches: list[tuple[KVCache, KVCache]] | None = None) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, image_tokens, rope=rope, attn_mask=attn_mask, is_causal=is_causal,
+                      caches=None if caches is None else caches[i])
+        return self.head(self.final_norm(x))
+
+
+# --------------------------------------------------------------------------------------- CoCa
+
+
+class CoCa(nn.Module):
+    """Baseline CoCa or GRR-CoCa (``cfg.encoder``).
+
+    ``forward(images, text)`` takes images (B, 3, H, W) and input tokens (B, context_length) — the
+    caption sequence without its last token, so the last input token is CLS — and returns a dict:
+    ``image_embed`` and ``text_embed`` (B, dim, L2-normalised), ``logits`` (B, L, vocab_size; position
+    t predicts target t, i.e. input t+1) and ``logit_scale`` (scalar, exp of the learnable
+    log-temperature, clamped at 100).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg)
+        self.generative_pooler = AttentionalPooler(cfg.dim, cfg.heads, cfg.pooler_queries)
+        self.contrastive_pooler = AttentionalPooler(cfg.dim, cfg.heads, 1)
+        self.unimodal = UnimodalTextDecoder(cfg)
+        self.multimodal = MultimodalTextDecoder(cfg)
+        # Learnable temperature, stored as log(1/sigma); CLIP init 1/0.07, used clamped at 100.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 / nanoGPT-style initialisation, which trains stably with pre-norm transformers:
+        every Linear, Conv2d and Embedding weight and the pooler queries ~ truncated N(0, 0.02^2);
+        biases zero; norms at identity (weight 1, bias 0). Each residual branch's output projection
+        (attention ``out_proj``, feed-forward ``fc_out``) is scaled by 1/sqrt(2 * blocks on its
+        residual stream) so the stream's variance does not grow with depth: the ViT stream has
+        vit_layers blocks, the text stream (unimodal then multimodal) unimodal_layers +
+        2 * multimodal_layers blocks."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                init_trunc_normal_(module.weight, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for pooler in (self.generative_pooler, self.contrastive_pooler):
+            init_trunc_normal_(pooler.query, std)
+        text_blocks = list(self.unimodal.blocks)
+        for layer in self.multimodal.layers:
+            text_blocks += [layer.self_block, layer.cross_block]
+        for blocks in (list(self.visual.blocks), text_blocks):
+            residual_std = std / math.sqrt(2 * len(blocks))
+            for block in blocks:
+                init_trunc_normal_(block.attn.out_proj.weight, residual_std)
+                init_trunc_normal_(block.ff.fc_out.weight, residual_std)
+
+    # ------------------------------------------------------------------ image side
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image embedding (B, dim), not normalised; pooled image tokens (B, pooler_queries, dim))."""
+        image_tokens = self.generative_pooler(self.visual(images))
+        image_embed = self.contrastive_pooler(image_tokens)[:, 0]
+        return image_embed, image_tokens
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        embed = self.image_features(images)[0]
+        return F.normalize(embed, dim=-1) if normalize else embed
+
+    # ------------------------------------------------------------------ text side
+    def text_attention(self, text: torch.Tensor) -> tuple[Rope, torch.Tensor | None, bool]:
+        """RoPE tables, attention mask and is_causal flag shared by both text decoders.
+
+        RoPE positions count only non-PAD tokens (so CLS sits right after EOS whatever the padding);
+        PAD tokens are masked as keys (a PAD query still sees itself, so no row is empty). Without
+        PAD in the batch the mask is plain causal and SDPA's ``is_causal`` is used.
+        """
+        keep = text != self.cfg.pad_id
+        rope = rope_1d((keep.cumsum(dim=1) - 1).clamp(min=0), self.cfg.head_dim, self.cfg.rope_base)
+        rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))  # (B, 1, L, head_dim): shared by all heads
+        if bool(keep.all()):
+            return rope, None, True
+        L = text.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=text.device).tril()
+        diagonal = torch.eye(L, dtype=torch.bool, device=text.device)
+        mask = causal & (keep[:, None, None, :] | diagonal)  # (B, 1, L, L)
+        return rope, mask, False
+
+    def text_features(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                         tuple[Rope, torch.Tensor | None, bool]]:
+        """-> (text embedding (B, dim), not normalised: RMS-normed unimodal output at the last
+        position (CLS); unimodal hidden states (B, L, dim); the decoders' attention setup)."""
+        attention = self.text_attention(text)
+        rope, mask, is_causal = attention
+        hidden = self.unimodal(text, rope=rope, attn_mask=mask, is_causal=is_causal)
+        text_embed = self.unimodal.final_norm(hidden[:, -1])
+        return text_embed, hidden, attention
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        embed = self.text_features(text)[0]
+        return F.normalize(embed, dim=-1) if normalize else embed
+
+    # ------------------------------------------------------------------ both
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        image_embed, image_tokens = self.image_features(images)
+        text_embed, hidden, (rope, mask, is_causal) = self.text_features(text)
+        logits = self.multimodal(hidden, image_tokens, rope=rope, attn_mask=mask,
+                                 is_causal=is_causal)
+        return {
+            "image_embed": F.normalize(image_embed, dim=-1),
+            "text_embed": F.normalize(text_embed, dim=-1),
+            "logits": logits,
+            "logit_scale": self.logit_scale.clamp(max=math.log(100)).exp(),
+        }
+
+    # ------------------------------------------------------------------ optimiser
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
+        """Two AdamW groups: weight decay on matmul/conv weights; none on norms, biases, the token
+        embedding, the pooler queries and the logit scale."""
+        no_decay_ids = {id(self.logit_scale), id(self.unimodal.token_embedding.weight),
+                        id(self.generative_pooler.query), id(self.contrastive_pooler.query)}
+        for module in self.modules():
+            if isinstance(module, (nn.LayerNorm, RMSNorm)):
+                no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if id(param) in no_decay_ids or name.endswith(".bias"):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
