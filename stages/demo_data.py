@@ -5,12 +5,16 @@ Under the paper preset (`data.demo: null`) it writes an empty folder: the real d
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
-from pipeline.config import load_config
-from pipeline.data.demo import generate_demo
-from pipeline.io import write_json
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.demo import generate_demo  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 
 
 def main() -> None:

@@ -6,12 +6,16 @@ interrupted download resumes where it stopped. The report counts every row by fi
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-from pipeline.config import DATASETS, load_config
-from pipeline.data.download import download, download_report, retry_failed
-from pipeline.data.sources import read_source
-from pipeline.io import write_json
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
+
+from pipeline.config import DATASETS, load_config  # noqa: E402
+from pipeline.data.download import download, download_report, retry_failed  # noqa: E402
+from pipeline.data.sources import read_source  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 
 
 def main() -> None:

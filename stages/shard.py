@@ -1,15 +1,19 @@
 """DVC stage `shard@<dataset>`: training shards of each split, with a manifest of sample counts."""
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DATASETS, load_config
-from pipeline.data.shard import shard_split
-from pipeline.data.split import SPLITS
-from pipeline.io import write_json
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
+
+from pipeline.config import DATASETS, load_config  # noqa: E402
+from pipeline.data.shard import shard_split  # noqa: E402
+from pipeline.data.split import SPLITS  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 
 
 def main() -> None:

@@ -1,12 +1,16 @@
 """DVC stage `split@<dataset>`: train/val pairs of the downloaded images (see pipeline.data.split)."""
 
 import argparse
+import sys
 from pathlib import Path
 
-from pipeline.config import DATASETS, load_config
-from pipeline.data.download import successful_samples
-from pipeline.data.split import make_splits
-from pipeline.io import write_json
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
+
+from pipeline.config import DATASETS, load_config  # noqa: E402
+from pipeline.data.download import successful_samples  # noqa: E402
+from pipeline.data.split import make_splits  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 
 
 def main() -> None:
