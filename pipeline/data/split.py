@@ -27,9 +27,15 @@ SOURCE_SPLITS = {
 PAIR_COLUMNS = ["tar", "key", "url", "image_id", "caption_index", "caption"]
 
 
+def split_key(url: str) -> str:
+    """What identifies a sample for its split: its URL, or for a local `file://` copy its file name,
+    so that where a checkout (and so the demo's generated images) lives never changes the split."""
+    return url.rsplit("/", 1)[-1] if url.startswith("file://") else url
+
+
 def url_fraction(url: str, salt: str) -> float:
-    """A number in [0, 1) that depends only on the salt and the URL."""
-    digest = hashlib.sha256(f"{salt}\0{url}".encode()).digest()
+    """A number in [0, 1) that depends only on the salt and the URL's split key."""
+    digest = hashlib.sha256(f"{salt}\0{split_key(url)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

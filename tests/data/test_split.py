@@ -70,3 +70,13 @@ def test_multi_caption_images_become_one_pair_per_caption():
     assert list(pairs.caption) == list("abcdefghij")
     assert list(pairs.caption_index) == [0, 1, 2, 3, 4] * 2
     assert pairs.groupby("image_id").size().tolist() == [5, 5]
+
+
+def test_local_copies_split_by_file_name_wherever_the_checkout_lives():
+    a = samples(400)
+    b = a.copy()
+    a["url"] = [f"file:///home/alice/grr-coca/data/raw/demo/cc12m/images/{i:06d}.jpg" for i in range(400)]
+    b["url"] = [f"file:///tmp/ci/clone/data/raw/demo/cc12m/images/{i:06d}.jpg" for i in range(400)]
+    split_a, _ = make_splits("cc12m", a, 0.05, "salt")
+    split_b, _ = make_splits("cc12m", b, 0.05, "salt")
+    assert list(split_a["val"].key) == list(split_b["val"].key) and len(split_a["val"]) > 0
