@@ -44,7 +44,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> str:
         return args.checkpoint
     import mlflow
 
-    from pipeline.train.tracking import repo_root, tracking_uri
+    from pipeline.tracking import repo_root, tracking_uri
 
     uri = args.tracking_uri or tracking_uri(repo_root())
     try:

@@ -16,7 +16,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.evaluate.evaluation import evaluate, log_to_run, read_validation_set, samples_markdown  # noqa: E402
 from pipeline.evaluate.inference import load_checkpoint  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
-from pipeline.train.tracking import repo_root, tracking_uri  # noqa: E402
+from pipeline.tracking import repo_root, tracking_uri  # noqa: E402
 
 
 def main() -> None:

@@ -74,7 +74,7 @@ def run_name(dataset: str, encoder: str) -> str:
 
 def default_tracking_uri() -> str:
     """The trainer's: $MLFLOW_TRACKING_URI, else sqlite:///<repository>/mlflow.db."""
-    from pipeline.train.tracking import repo_root, tracking_uri
+    from pipeline.tracking import repo_root, tracking_uri
 
     return tracking_uri(repo_root())
 

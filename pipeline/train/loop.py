@@ -34,7 +34,7 @@ from .optim import build_optimizer, set_lr
 from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, broadcast_object,
                           effective_precision, init_distributed, no_sync, parallelize)
 from .schedule import build_schedule
-from .tracking import build_tracker, dvc_hashes, git_commit, repo_root
+from pipeline.tracking import build_tracker, dvc_hashes, git_commit, repo_root
 from .validate import caption_token_count, validate
 
 

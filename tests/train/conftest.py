@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from trainkit import write_split  # noqa: E402
+from support.trainkit import write_split
 
 
 @pytest.fixture(scope="session")

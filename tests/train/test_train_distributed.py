@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainkit import run_stage, stage_command, stage_env, write_params
+from support.trainkit import run_stage, stage_command, stage_env, write_params
 
 # Global batch 8 in both: 8 x 1 process or 4 x 2 processes (x 2 accumulation steps), 2 data streams.
 ONE = dict(nproc_per_node=1, micro_batch_size=8, ckpt_every_steps=3)

@@ -4,7 +4,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from trainkit import write_split
+from support.trainkit import write_split
 
 from pipeline.data.loader import IMAGENET_MEAN, IMAGENET_STD, TrainLoader, ValLoader
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from trainkit import build_cfg, pretrain_spec
+from support.trainkit import build_cfg, pretrain_spec
 
 from pipeline.train import loop
 from pipeline.train.loop import NonFiniteLoss, RunSpec, train

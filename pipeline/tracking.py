@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import save_atomic
+from pipeline.train.checkpoint import save_atomic
 
 EXPERIMENT = "grr-coca"
 VAL_COLUMNS = ("step", "epoch", "kind", "coca_loss", "caption_loss", "perplexity", "contrastive_loss", "lr_level")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.train.tracking import dvc_hashes, repo_root, tracking_uri
+from pipeline.tracking import dvc_hashes, repo_root, tracking_uri
 
 
 def test_repo_root_of_a_dvc_experiment_copy_is_the_original(tmp_path):
