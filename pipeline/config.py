@@ -1,9 +1,13 @@
 """The one place where the pipeline's configuration is defined and validated.
 
 `params.yaml` names a preset (`demo`, `paper` or `smoke`, files in `pipeline/presets/`) and holds
-overrides. `load_config()` deep-merges the overrides into the preset and builds one typed `Config`,
-checking every key and value once, before a stage does any work: an unknown key or a bad value
-raises `ConfigError` naming the key, the value and what is allowed.
+overrides. `load_config()` deep-merges the overrides into the preset and builds one typed `Config`:
+every key and value is checked before a stage does any work, each section's ranges by the section
+itself (`__post_init__`, pipeline/checks.py's one error style) and the rules that join sections in
+`_check_cross_section` below. The presets are the only source of values: a key every preset sets has
+no default here, so a missing one is reported as missing rather than silently filled in.
+
+This module imports no torch: `grr-coca config` and the data stages read the configuration cheaply.
 """
 
 from __future__ import annotations
@@ -12,22 +16,21 @@ import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from pipeline.checks import (ConfigError, check_bool, check_choice, check_ints, check_number, check_text,
+                             fail)
 from pipeline.model.config import ModelConfig
+from pipeline.tokens import TokenLayout
 from pipeline.train.config import FinetuneConfig, PretrainConfig, TrainConfig
 
+__all__ = ["Config", "ConfigError", "build_config", "load_config", "model_preset", "preset_names"]
+
 PRESETS_DIR = Path(__file__).parent / "presets"
-DATASETS = ("cc12m", "mscoco", "flickr30k", "roco")
-Dataset = Literal["cc12m", "mscoco", "flickr30k", "roco"]
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that the pipeline cannot accept."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,94 +42,141 @@ class ConfigError(ValueError):
 class DemoDataConfig:
     """Sizes of the embedded demo datasets that stand in for CC12M, MSCOCO, Flickr30K and ROCO."""
 
-    seed: int = 0
-    cc12m_rows: int = 800  # url<TAB>caption rows (good ones; bad rows are added on top)
-    mscoco_train_images: int = 120
-    mscoco_val_images: int = 30
-    captions_per_image: int = 5  # MSCOCO and Flickr30K
-    flickr30k_train_images: int = 100
-    flickr30k_val_images: int = 25
-    flickr30k_test_images: int = 10
-    roco_train: int = 150
-    roco_valid: int = 40
-    roco_test: int = 10
-    min_side: int = 48  # generated images have random sizes and aspect ratios in [min_side, max_side]
-    max_side: int = 160
-    bad_rows_per_kind: int = 1  # per URL list: missing file, not-an-image bytes, truncated JPEG
+    seed: int
+    cc12m_rows: int  # url<TAB>caption rows (good ones; bad rows are added on top)
+    mscoco_train_images: int
+    mscoco_val_images: int
+    captions_per_image: int  # MSCOCO and Flickr30K
+    flickr30k_train_images: int
+    flickr30k_val_images: int
+    flickr30k_test_images: int
+    roco_train: int
+    roco_valid: int
+    roco_test: int
+    min_side: int  # generated images have random sizes and aspect ratios in [min_side, max_side]
+    max_side: int
+    bad_rows_per_kind: int  # per URL list: missing file, not-an-image bytes, truncated JPEG
+
+    def __post_init__(self) -> None:
+        p = "data.demo"
+        check_ints(self, p, ("seed", "flickr30k_test_images", "roco_test", "bad_rows_per_kind"), minimum=0)
+        check_ints(self, p, ("cc12m_rows", "mscoco_train_images", "mscoco_val_images", "captions_per_image",
+                             "flickr30k_train_images", "flickr30k_val_images", "roco_train", "roco_valid"))
+        check_ints(self, p, ("min_side",), minimum=16)
+        check_ints(self, p, ("max_side",), minimum=self.min_side)
 
 
 @dataclass
 class SourcesConfig:
-    """Where each dataset's raw files live (the real datasets' own layouts)."""
+    """Where each dataset's raw files live, in the real datasets' own layouts."""
 
-    cc12m_tsv: str = "data/raw/demo/cc12m/cc12m.tsv"  # url<TAB>caption, no header
-    mscoco_annotations: str = "data/raw/demo/mscoco/annotations"  # captions_{train,val}2017.json
-    flickr30k_json: str = "data/raw/demo/flickr30k/dataset_flickr30k.json"  # Karpathy split file
-    flickr30k_images: str = "data/raw/demo/flickr30k/flickr30k-images"
-    roco_root: str = "data/raw/demo/roco"  # {train,valid,test}_captions.csv + {train,valid,test}/
+    cc12m_tsv: str  # url<TAB>caption, no header
+    mscoco_annotations: str  # captions_{train,val}2017.json
+    flickr30k_json: str  # Karpathy's dataset_flickr30k.json
+    flickr30k_images: str
+    roco_root: str  # {train,valid,test}_captions.csv + {train,valid,test}/
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_text(self, "data.sources", f.name)
 
 
 @dataclass
 class DownloadConfig:
-    """img2dataset options, passed through as they are named there."""
+    """img2dataset's options, named as there, plus our retry passes."""
 
-    image_size: int = 384
-    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
-    resize_only_if_bigger: bool = True
-    encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = 95
-    processes_count: int = 16
-    thread_count: int = 64
-    number_sample_per_shard: int = 10000
-    timeout: int = 10
-    retries: int = 0
-    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
-    retry_failed_passes: int = 0  # after the main pass, re-download only the rows that failed, N times
+    image_size: int
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
+    resize_only_if_bigger: bool
+    encode_format: Literal["jpg", "png", "webp"]
+    encode_quality: int  # JPEG/WebP quality 1-100; PNG compression level 0-9
+    processes_count: int
+    thread_count: int
+    number_sample_per_shard: int
+    timeout: int  # seconds per request
+    retries: int  # img2dataset's retries per URL
+    distributor: Literal["multiprocessing", "pyspark", "ray"]
+    retry_failed_passes: int  # after the main pass, re-download only the rows that failed, N times
+
+    def __post_init__(self) -> None:
+        p = "data.download"
+        check_ints(self, p, ("image_size", "processes_count", "thread_count", "number_sample_per_shard", "timeout"))
+        check_ints(self, p, ("retries", "retry_failed_passes"), minimum=0)
+        check_choice(self, p, "resize_mode", ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"))
+        check_bool(self, p, "resize_only_if_bigger")
+        check_choice(self, p, "encode_format", ("jpg", "png", "webp"))
+        check_choice(self, p, "distributor", ("multiprocessing", "pyspark", "ray"))
+        if self.encode_format == "png":
+            check_ints(self, p, ("encode_quality",), minimum=0, maximum=9)
+        else:
+            check_ints(self, p, ("encode_quality",), minimum=1, maximum=100)
 
 
 @dataclass
 class SplitConfig:
-    cc12m_val_fraction: float = 0.05
-    hash_salt: str = "grr-coca"  # a sample's split is a hash of salt + URL: stable across reruns
+    cc12m_val_fraction: float  # the paper's 95/5 split
+    hash_salt: str  # a sample's split is a hash of salt + URL: stable across reruns (ours)
+
+    def __post_init__(self) -> None:
+        check_number(self, "data.split", "cc12m_val_fraction", above=0, below=1)
+        if not isinstance(self.hash_salt, str):
+            fail("data.split.hash_salt", self.hash_salt, "a string")
 
 
 @dataclass
 class TokenizerConfig:
     # A Hugging Face tokenizer name or path (`t5-base` in the paper), or `train` to train a small
     # tokenizer with T5's special-token layout on the training captions (the offline demo).
-    name: str = "t5-base"
-    vocab_size: int = 32102  # final size including BOS and CLS; must equal model.vocab_size
-    context_length: int = 64  # model input tokens; must equal model.context_length
-    batch_size: int = 4096
+    name: str
+    vocab_size: int  # final size including BOS and CLS; must equal model.vocab_size
+    context_length: int  # model input tokens; must equal model.context_length
+    batch_size: int = 4096  # captions per tokenizer call (speed only: a library constant)
+
+    def __post_init__(self) -> None:
+        p = "data.tokenizer"
+        check_text(self, p, "name")
+        check_ints(self, p, ("vocab_size",), minimum=TokenLayout(0).first_caption_id + 3)
+        check_ints(self, p, ("context_length",), minimum=TokenLayout.MIN_CONTEXT)
+        check_ints(self, p, ("batch_size",))
 
 
 @dataclass
 class ShardConfig:
-    image_size: int = 288  # square side; bilinear resize, RGB
-    samples_per_shard: int = 2000
-    jpeg_quality: int = 95
-    workers: int = 2
-    seed: int = 0
+    image_size: int  # square side; bilinear resize, RGB (docs/paper.md §Image preprocessing)
+    samples_per_shard: int
+    jpeg_quality: int
+    workers: int  # processes decoding and resizing
+    seed: int  # the within-tar shuffle of pairs
+
+    def __post_init__(self) -> None:
+        p = "data.shard"
+        check_ints(self, p, ("image_size", "samples_per_shard", "workers"))
+        check_ints(self, p, ("jpeg_quality",), minimum=1, maximum=100)
+        check_ints(self, p, ("seed",), minimum=0)
 
 
 @dataclass
 class DataConfig:
-    demo: DemoDataConfig | None = None  # None: no demo data (the paper preset)
-    sources: SourcesConfig = field(default_factory=SourcesConfig)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    shard: ShardConfig = field(default_factory=ShardConfig)
+    demo: DemoDataConfig | None  # null: no demo data (the paper preset reads the real datasets)
+    sources: SourcesConfig
+    download: DownloadConfig
+    split: SplitConfig
+    tokenizer: TokenizerConfig
+    shard: ShardConfig
 
 
 @dataclass
 class EvaluateConfig:
     """Evaluation beyond the paper's losses: beam-search captions (BLEU-4, CIDEr) and recall@K."""
 
-    num_beams: int = 3
-    batch_size: int = 32
-    max_images: int = 0  # 0 = every validation image; CC12M's 550k in the paper are subsampled
-    samples_to_show: int = 20  # generated captions beside their references, as an MLflow artifact
+    num_beams: int
+    batch_size: int  # images per beam search
+    max_images: int  # 0 = every validation image; CC12M's 550k in the paper are subsampled
+    samples_to_show: int  # generated captions beside their references, as an MLflow artifact
+
+    def __post_init__(self) -> None:
+        check_ints(self, "evaluate", ("num_beams", "batch_size"))
+        check_ints(self, "evaluate", ("max_images", "samples_to_show"), minimum=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,12 +187,12 @@ class EvaluateConfig:
 @dataclass
 class Config:
     preset: str
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)  # what both training phases share
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig  # what both training phases share
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+    evaluate: EvaluateConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,7 +209,7 @@ def preset_names() -> list[str]:
 def preset_path(name: str) -> Path:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"preset: unknown value {name!r}; allowed: {', '.join(preset_names())}")
+        raise ConfigError(f"key 'preset': value {name!r} is not allowed; allowed: {', '.join(preset_names())}")
     return path
 
 
@@ -196,22 +246,35 @@ def build_config(params: dict[str, Any], source: str = "params") -> Config:
     return cfg
 
 
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The `model:` section of a preset, with some fields changed (tests, benchmarks, `grr-coca params`)."""
+    return build_config({"preset": name}).model.replace(**overrides)
+
+
 def _check_cross_section(cfg: Config) -> None:
-    tok, model = cfg.data.tokenizer, cfg.model
-    if cfg.data.shard.image_size != model.image_size:
-        raise ConfigError(
-            f"key 'data.shard.image_size' ({cfg.data.shard.image_size}) must equal "
-            f"'model.image_size' ({model.image_size})"
-        )
-    if tok.context_length != model.context_length:
-        raise ConfigError(
-            f"key 'data.tokenizer.context_length' ({tok.context_length}) must equal "
-            f"'model.context_length' ({model.context_length})"
-        )
-    if tok.vocab_size != model.vocab_size:
-        raise ConfigError(
-            f"key 'data.tokenizer.vocab_size' ({tok.vocab_size}) must equal 'model.vocab_size' ({model.vocab_size})"
-        )
+    """The rules that join two sections (each section checks its own ranges on creation)."""
+    tok, model, shard, train = cfg.data.tokenizer, cfg.model, cfg.data.shard, cfg.train
+    for key, value, model_key in (("data.shard.image_size", shard.image_size, "image_size"),
+                                  ("data.tokenizer.context_length", tok.context_length, "context_length"),
+                                  ("data.tokenizer.vocab_size", tok.vocab_size, "vocab_size")):
+        if value != getattr(model, model_key):
+            fail(key, value, f"the value of 'model.{model_key}' ({getattr(model, model_key)})")
+    # The loader deals data streams to processes and their workers, and each micro-batch takes the
+    # same number of samples from every stream: checked here for one node of train.nproc_per_node
+    # processes (the loader checks the world size of a run over several nodes when it starts).
+    workers = max(1, train.num_workers)
+    streams = train.data_streams or train.nproc_per_node * workers
+    if streams % train.nproc_per_node:
+        fail("train.data_streams", train.data_streams,
+             f"0 or a multiple of train.nproc_per_node ({train.nproc_per_node})")
+    per_process = streams // train.nproc_per_node
+    if per_process % workers:
+        fail("train.data_streams", train.data_streams,
+             f"0 or a value whose {per_process} streams per process split evenly over "
+             f"train.num_workers ({train.num_workers})")
+    if train.micro_batch_size % per_process:
+        fail("train.micro_batch_size", train.micro_batch_size,
+             f"a multiple of the data streams per process ({per_process})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +292,12 @@ def _build(cls: type, data: Any, path: str) -> Any:
             raise ConfigError(
                 f"unknown key '{_join(path, key)}'; allowed keys here: {', '.join(sorted(names))}"
             )
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [_join(path, key) for key in required if key not in data]
+    if missing:
+        raise ConfigError(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}: "
+                          "the preset (pipeline/presets/<preset>.yaml) must set it")
     kwargs = {key: _coerce(hints[key], value, _join(path, key)) for key, value in data.items()}
     try:
         return cls(**kwargs)

@@ -1,12 +1,7 @@
-"""The caption tokenizer and the paper's token layout.
+"""The caption tokenizer (docs/paper.md §Token layout; the layout itself is pipeline/tokens.py).
 
 The paper uses T5-base's tokenizer (32,100 entries: pad 0, eos 1, unk 2, 32,000 SentencePiece pieces
-and 100 sentinel ids) plus two added tokens, BOS and CLS, for 32,102 in all. Each caption becomes
-
-    BOS, caption tokens, EOS, PAD..., CLS, PAD        (context_length + 1 ids)
-
-so that the model's inputs (all but the last id) end with CLS, and its targets (all but the first)
-are the inputs shifted by one. Offline, the demo trains a small tokenizer on its own training
+and 100 sentinel ids) plus two added tokens, BOS and CLS, for 32,102 in all. Offline, the demo trains a small tokenizer on its own training
 captions with the same special-token layout: SentencePiece-style (Metaspace) BPE, because the
 Unigram trainer (T5's model type) degenerates to single letters on a corpus of a few thousand
 captions, while BPE learns every word of it.
@@ -15,11 +10,12 @@ captions, while BPE learns every word of it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from pipeline.tokens import TokenLayout
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 BOS, CLS = "<bos>", "<cls>"
@@ -31,32 +27,24 @@ class TokenizerError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class SpecialIds:
-    pad: int
-    eos: int
-    unk: int
-    bos: int
-    cls: int
-
-    @classmethod
-    def of(cls, tokenizer: PreTrainedTokenizerFast) -> SpecialIds:
-        return cls(
-            pad=tokenizer.pad_token_id,
-            eos=tokenizer.eos_token_id,
-            unk=tokenizer.unk_token_id,
-            bos=tokenizer.bos_token_id,
-            cls=tokenizer.cls_token_id,
-        )
+def layout_of(tokenizer: PreTrainedTokenizerFast) -> TokenLayout:
+    """The tokenizer's token layout; ValueError if its special ids are not where the layout puts them."""
+    layout = TokenLayout(len(tokenizer))
+    ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id, "unk": tokenizer.unk_token_id,
+           "bos": tokenizer.bos_token_id, "cls": tokenizer.cls_token_id}
+    wrong = {k: (v, getattr(layout, k)) for k, v in ids.items() if v != getattr(layout, k)}
+    if wrong:
+        raise ValueError(f"special ids (tokenizer's, layout's): {wrong}")
+    return layout
 
 
 def add_bos_and_cls(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     """Append BOS and CLS after every existing entry, as the paper does to T5's vocabulary."""
-    size = len(tokenizer)
     tokenizer.add_special_tokens(SPECIAL_TOKENS_ADDED)
-    ids = SpecialIds.of(tokenizer)
-    if (ids.bos, ids.cls) != (size, size + 1):
-        raise TokenizerError(f"BOS/CLS got ids {ids.bos}/{ids.cls}, expected {size}/{size + 1}")
+    try:
+        layout_of(tokenizer)
+    except ValueError as e:
+        raise TokenizerError(f"after adding BOS and CLS: {e}") from None
     return tokenizer
 
 
@@ -106,34 +94,28 @@ def build_tokenizer(name: str, vocab_size: int, training_captions: Iterable[str]
 def encode_captions(
     tokenizer: PreTrainedTokenizerFast, captions: Sequence[str], context_length: int, batch_size: int = 4096
 ) -> tuple[np.ndarray, int]:
-    """Encode captions in the paper's layout; returns (ids [N, context_length + 1] int32, truncated count)."""
-    ids = SpecialIds.of(tokenizer)
-    max_tokens = context_length - 3  # room for BOS, EOS, CLS and the final PAD
-    if max_tokens < 1:
-        raise ValueError(f"context_length {context_length} leaves no room for caption tokens")
-    out = np.full((len(captions), context_length + 1), ids.pad, dtype=np.int32)
-    out[:, 0] = ids.bos
-    out[:, context_length - 1] = ids.cls
+    """Encode captions in the token layout (pipeline/tokens.py); returns (ids [N, context_length + 1]
+    int32, how many captions were truncated)."""
+    layout = layout_of(tokenizer)
+    out = np.empty((len(captions), context_length + 1), dtype=np.int32)
     truncated = 0
     for start in range(0, len(captions), batch_size):
         batch = [str(c) for c in captions[start : start + batch_size]]
         encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
         for row, tokens in enumerate(encoded, start):
-            if len(tokens) > max_tokens:
-                tokens, truncated = tokens[:max_tokens], truncated + 1
-            out[row, 1 : 1 + len(tokens)] = tokens
-            out[row, 1 + len(tokens)] = ids.eos
+            out[row], cut = layout.sequence(tokens, context_length)
+            truncated += cut
     return out, truncated
 
 
 def decode_tokens(tokenizer: PreTrainedTokenizerFast, tokens: Iterable[int]) -> str:
     """The caption text of one encoded sequence (up to its first EOS), without special tokens."""
-    ids = SpecialIds.of(tokenizer)
+    layout = layout_of(tokenizer)
     text_ids = []
     for t in tokens:
         t = int(t)
-        if t == ids.eos:
+        if t == layout.eos:
             break
-        if t not in (ids.bos, ids.pad, ids.cls):
+        if t not in layout.non_targets:
             text_ids.append(t)
     return tokenizer.decode(text_ids, skip_special_tokens=True).strip()

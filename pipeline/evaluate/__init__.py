@@ -1,7 +1,4 @@
-"""Evaluation: captioning scores, retrieval recall and the GRR-vs-Baseline comparison report."""
-
-from .metrics import (Consistency, caption_scores, coca_loss_consistency, ptb_tokenize, retrieval_recall,
-                      rounding_tolerance)
-
-__all__ = ["Consistency", "caption_scores", "coca_loss_consistency", "ptb_tokenize", "retrieval_recall",
-           "rounding_tolerance"]
+"""Evaluation beyond the paper's losses: metrics.py (BLEU-4, CIDEr, recall@K, the CoCa-loss
+consistency check), inference.py (captioning and retrieval with a trained checkpoint) and
+evaluation.py (the evaluate stage's scores). This file imports nothing.
+"""

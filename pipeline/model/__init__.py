@@ -1,18 +1,7 @@
-"""The CoCa model library: Baseline CoCa and GRR-CoCa, their losses, generation and accounting."""
+"""The CoCa model library, in plain PyTorch: config.py (ModelConfig), layers.py (RMSNorm, GEGLU, RoPE,
+attention with a KV cache), coca.py (Baseline CoCa and GRR-CoCa), losses.py (CoCaLoss), generate.py
+(greedy and beam search), params.py (parameter accounting against the paper).
 
-from .coca import (AttentionalPooler, CoCa, MultimodalTextDecoder, UnimodalTextDecoder,
-                   VisionTransformer)
-from .config import ModelConfig
-from .generate import beam_search, generate, greedy_search
-from .losses import CoCaLoss, caption_loss, contrastive_loss, gather_with_grad, perplexity
-from .params import (PAPER_DIFFERENCE, PAPER_TOTALS, build_on_meta, format_param_report,
-                     parameter_breakdown)
-
-__all__ = [
-    "ModelConfig",
-    "CoCa", "VisionTransformer", "AttentionalPooler", "UnimodalTextDecoder", "MultimodalTextDecoder",
-    "CoCaLoss", "contrastive_loss", "caption_loss", "perplexity", "gather_with_grad",
-    "generate", "greedy_search", "beam_search",
-    "format_param_report", "parameter_breakdown", "build_on_meta", "PAPER_TOTALS",
-    "PAPER_DIFFERENCE",
-]
+Import from the modules themselves: this file imports nothing, so reading the configuration
+(pipeline.model.config) never imports torch.
+"""

@@ -1,11 +1,8 @@
-"""The trainer: one loop (loop.py) built from small parts, each with a builder function.
+"""The trainer: one loop (loop.py) built from small parts, each owning one concept.
 
-config.py (TrainConfig), parallelize.py (processes, devices, DDP, precision, compile), optim.py
-(AdamW), schedule.py (warm-up + cosine with warm restarts), early_stopping.py (soft reset),
-validate.py, checkpoint.py (atomic, exact resume), tracking.py (MLflow + metrics files). The data
-loader is pipeline/data/loader.py; the model and its losses are pipeline/model.
+config.py (TrainConfig, the phases), parallelize.py (processes, devices, DDP, precision, compile),
+optim.py (AdamW), schedule.py (warm-up + cosine with warm restarts), early_stopping.py (soft reset),
+validate.py (validation loss), resume.py (exact resume: the registered stateful parts and the
+fingerprint). The data loader is pipeline/data/loader.py, the model and its loss pipeline/model/,
+the checkpoint format pipeline/checkpoint.py, tracking pipeline/tracking.py. This file imports nothing.
 """
-
-from .config import FinetuneConfig, PhaseConfig, PretrainConfig, TrainConfig
-
-__all__ = ["TrainConfig", "PhaseConfig", "PretrainConfig", "FinetuneConfig"]

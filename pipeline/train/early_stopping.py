@@ -1,4 +1,4 @@
-"""Early stopping with the paper's "soft reset" (SPEC "Training", fine-tuning).
+"""Early stopping with the paper's "soft reset" (docs/paper.md §Training, fine-tuning).
 
 After each epoch's validation: an improvement (loss < best - min_delta) records the new best state.
 Otherwise the epochs-without-improvement counters grow. When the current LR level has gone
@@ -20,12 +20,12 @@ IMPROVED, CONTINUE, SOFT_RESET, STOP = "improved", "continue", "soft_reset", "st
 
 @dataclass
 class EarlyStopping:
-    patience: int = 9
-    soft_reset_after: int = 3
-    lr_levels: int = 3
-    lr_divisor: float = 100.0
-    min_delta: float = 0.0
-    enabled: bool = True
+    patience: int  # the rule, from the phase's section (build_early_stopping)
+    soft_reset_after: int
+    lr_levels: int
+    lr_divisor: float
+    min_delta: float
+    enabled: bool
     best: float = math.inf
     best_epoch: int = -1
     level: int = 0  # LR level: bounds divided by lr_divisor ** level

@@ -8,8 +8,6 @@ import hashlib
 import json
 import random
 import re
-import time
-import types
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.config import ConfigError, build_config
 from pipeline.data.demo import (
     BAD_KINDS,
     COLORS,
@@ -33,11 +32,6 @@ from pipeline.data.demo import (
     scene_captions,
 )
 
-DEFAULTS = dict(
-    seed=0, cc12m_rows=800, mscoco_train_images=120, mscoco_val_images=30,
-    captions_per_image=5, flickr30k_train_images=100, flickr30k_val_images=25, flickr30k_test_images=10,
-    roco_train=150, roco_valid=40, roco_test=10, min_side=48, max_side=160, bad_rows_per_kind=1,
-)
 SMALL = dict(
     cc12m_rows=40, mscoco_train_images=10, mscoco_val_images=4, flickr30k_train_images=8, flickr30k_val_images=3,
     flickr30k_test_images=2, roco_train=8, roco_valid=3, roco_test=2, bad_rows_per_kind=2,
@@ -45,14 +39,8 @@ SMALL = dict(
 
 
 def make_cfg(**overrides):
-    """A DemoDataConfig when pipeline.config imports, else a namespace with the same fields."""
-    values = {**DEFAULTS, **overrides}
-    try:
-        from pipeline.config import DemoDataConfig
-    except ImportError:
-        return types.SimpleNamespace(**values)
-    assert DEFAULTS == {f.name: f.default for f in dataclasses.fields(DemoDataConfig)}
-    return DemoDataConfig(**values)
+    """The demo preset's data.demo section, with some sizes changed (checked as the configuration is)."""
+    return dataclasses.replace(build_config({"preset": "demo"}).data.demo, **overrides)
 
 
 TINY = dict(SMALL, seed=1, min_side=32, max_side=80, bad_rows_per_kind=1)  # like the smoke preset
@@ -161,18 +149,17 @@ def test_sizes_and_aspect_ratios_vary(demo):
             assert im.size == (rec["width"], rec["height"])
 
 
-def test_default_sizes_generate_fast(tmp_path):
-    start = time.perf_counter()
-    summary = generate_demo(make_cfg(), tmp_path)
-    assert time.perf_counter() - start < 30
-    assert summary["counts"]["cc12m"]["all"]["good"] == DEFAULTS["cc12m_rows"]
+def test_the_demo_presets_sizes_are_generated(tmp_path):
+    cfg = make_cfg()
+    summary = generate_demo(cfg, tmp_path)
+    assert summary["counts"]["cc12m"]["all"]["good"] == cfg.cc12m_rows
 
 
-def test_bad_config_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="min_side"):
-        generate_demo(make_cfg(min_side=100, max_side=50), tmp_path)
-    with pytest.raises(ValueError, match="roco_train"):
-        generate_demo(make_cfg(roco_train=-1), tmp_path)
+def test_bad_config_is_rejected():
+    with pytest.raises(ConfigError, match=r"key 'data.demo.max_side': value 50 is not allowed; allowed: an integer >= 100"):
+        make_cfg(min_side=100, max_side=50)
+    with pytest.raises(ConfigError, match=r"key 'data.demo.roco_train': value -1"):
+        make_cfg(roco_train=-1)
 
 
 # --------------------------------------------------------------------------------------------

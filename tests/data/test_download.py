@@ -23,12 +23,14 @@ CFG = DownloadConfig(
     image_size=32,
     resize_mode="keep_ratio",
     resize_only_if_bigger=True,
+    encode_format="jpg",
     encode_quality=90,
     processes_count=1,
     thread_count=4,
     number_sample_per_shard=4,
     timeout=5,
     retries=0,
+    distributor="multiprocessing",
     retry_failed_passes=0,
 )
 

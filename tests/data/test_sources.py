@@ -285,7 +285,9 @@ def test_read_source_dispatches(tmp_path):
 )
 def test_read_source_missing_path_names_key_and_where_to_obtain(tmp_path, dataset, key, where):
     flickr_json, flickr_images = write_karpathy(tmp_path / "flickr30k")
-    cfg = SourcesConfig(flickr30k_json=str(flickr_json), flickr30k_images=str(flickr_images))
+    cfg = SourcesConfig(cc12m_tsv=str(tmp_path / "cc12m.tsv"), mscoco_annotations=str(tmp_path / "annotations"),
+                        flickr30k_json=str(flickr_json), flickr30k_images=str(flickr_images),
+                        roco_root=str(tmp_path / "roco"))
     setattr(cfg, key, str(tmp_path / "missing"))
     with pytest.raises(SourceError) as e:
         read_source(dataset, cfg)

@@ -5,13 +5,14 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from pipeline.tokens import TokenLayout
 from pipeline.data.tokenizer import (
-    SpecialIds,
     TokenizerError,
     add_bos_and_cls,
     build_tokenizer,
     decode_tokens,
     encode_captions,
+    layout_of,
 )
 
 CAPTIONS = [
@@ -27,13 +28,14 @@ def tokenizer():
 
 
 def test_trained_tokenizer_has_t5_layout_and_exact_size(tokenizer):
-    ids = SpecialIds.of(tokenizer)
+    ids = layout_of(tokenizer)
     assert len(tokenizer) == 200
     assert (ids.pad, ids.eos, ids.unk, ids.bos, ids.cls) == (0, 1, 2, 198, 199)
+    assert ids == TokenLayout(200)  # the one definition of the layout (pipeline/tokens.py)
 
 
 def test_encoding_layout_exactly(tokenizer):
-    ids = SpecialIds.of(tokenizer)
+    ids = layout_of(tokenizer)
     L = 24
     encoded, truncated = encode_captions(tokenizer, ["a red circle"], L)
     row = encoded[0]
@@ -56,7 +58,7 @@ def test_round_trip_and_truncation_is_counted(tokenizer):
     assert [decode_tokens(tokenizer, row) for row in encoded] == CAPTIONS[:3]
     short, truncated = encode_captions(tokenizer, CAPTIONS[:3], 8)
     assert truncated == 3
-    ids = SpecialIds.of(tokenizer)
+    ids = layout_of(tokenizer)
     for row in short:  # still a full layout: BOS, 5 tokens, EOS, CLS, PAD
         assert (row[0], row[6], row[7], row[8]) == (ids.bos, ids.eos, ids.cls, ids.pad)
 
@@ -64,7 +66,7 @@ def test_round_trip_and_truncation_is_counted(tokenizer):
 def test_saved_tokenizer_loads_back_identically(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert SpecialIds.of(loaded) == SpecialIds.of(tokenizer)
+    assert layout_of(loaded) == layout_of(tokenizer)
     np.testing.assert_array_equal(encode_captions(loaded, CAPTIONS, 32)[0], encode_captions(tokenizer, CAPTIONS, 32)[0])
 
 
@@ -82,7 +84,7 @@ def t5_shaped_tokenizer():
 
 def test_t5_plus_bos_and_cls_is_32102_with_ids_32100_and_32101():
     tok = add_bos_and_cls(t5_shaped_tokenizer())
-    ids = SpecialIds.of(tok)
+    ids = layout_of(tok)
     assert len(tok) == 32102
     assert (ids.pad, ids.eos, ids.bos, ids.cls) == (0, 1, 32100, 32101)
 

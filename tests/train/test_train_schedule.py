@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.train.config import PretrainConfig
+from pipeline.config import build_config
 from pipeline.train.schedule import LRSchedule, build_schedule
 
 
@@ -64,7 +64,7 @@ def test_soft_reset_divides_both_bounds():
 
 
 def test_paper_defaults():
-    s = build_schedule(PretrainConfig())
+    s = build_schedule(build_config({"preset": "paper"}).pretrain)
     assert (s.lr_max, s.lr_min, s.warmup_steps) == (1e-4, 1e-6, 2000)
     assert s.lr(0, 0, 14000) == pytest.approx(1e-4 / 2000)
     assert s.lr(1999, 1999, 14000) == pytest.approx(1e-4)
