@@ -33,7 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.model import CoCa, CoCaLoss, ModelConfig  # noqa: E402
+from pipeline.config import model_preset  # noqa: E402
+from pipeline.model.coca import CoCa  # noqa: E402
+from pipeline.model.config import ModelConfig  # noqa: E402
+from pipeline.model.losses import CoCaLoss  # noqa: E402
 
 
 def captions(cfg: ModelConfig, batch: int, seed: int = 0) -> torch.Tensor:
@@ -114,7 +117,7 @@ def timed(step) -> tuple[float, float]:
 
 
 def bench(size: str, batch: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
-    cfg = ModelConfig.preset(size, encoder="baseline", dropout=0.0)
+    cfg = model_preset(size, encoder="baseline", dropout=0.0)
     runs, (n_ours, n_theirs) = make_steps(cfg, batch)
     print(f"\n[{size}] dim {cfg.dim}, layers {cfg.vit_layers}/{cfg.unimodal_layers}/"
           f"{cfg.multimodal_layers}, heads {cfg.heads}, image {cfg.image_size}/{cfg.patch_size}, "

@@ -1,5 +1,12 @@
-"""The one metrics interface (`Tracker`), with two back ends: MLflow (process 0 only) and DVC's
-metrics files (final-metrics JSON, validation-curve TSV).
+"""The one metrics interface (`Tracker`) that training, evaluation, the report and the CLI share,
+with two back ends: MLflow, and DVC's metrics files (a metrics JSON, the validation-curve TSV).
+Only process 0 tracks; the others get a `NullTracker`. What a tracker is told:
+
+    log_train(step, metrics)          per optimiser step    MLflow train/<m>
+    log_val(step, metrics, history)   per validation        MLflow val/<m>;   TSV of the whole history
+    log_final(step, metrics)          the stage's result    MLflow final/<m>; metrics JSON
+    log_eval(metrics)                 evaluation scores     MLflow eval/<m>;  metrics JSON
+    log_artifact(path, folder)        checkpoints, tokenizer, samples (MLflow)
 
 MLflow: tracking URI = $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db with artifacts in
 <repo>/mlartifacts, where <repo> is the original repository even inside a `dvc exp run --temp` or
@@ -18,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.train.checkpoint import save_atomic
+from pipeline.io import write_json, write_text
+from pipeline.names import EXPERIMENT, run_name
 
-EXPERIMENT = "grr-coca"
 VAL_COLUMNS = ("step", "epoch", "kind", "coca_loss", "caption_loss", "perplexity", "contrastive_loss", "lr_level")
 
 
@@ -66,9 +73,12 @@ def dvc_hashes(cwd: Path, paths: list[str | Path]) -> dict[str, str]:
     return found
 
 
-class _MLflow:
+class MLflowBackend:
+    """One MLflow run: created, or continued when `run_id` is given. `attach=True` adds records to a
+    run without touching its status (the evaluation of a finished training run)."""
+
     def __init__(self, uri: str, root: Path, run_name: str, tags: dict[str, str], params: dict[str, Any],
-                 run_id: str | None):
+                 run_id: str | None, attach: bool = False):
         import mlflow  # imported on process 0 only: the other processes never talk to MLflow
         from mlflow.entities import Param, RunTag
 
@@ -93,14 +103,18 @@ class _MLflow:
             experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
         else:
             experiment_id = self.client.create_experiment(EXPERIMENT)
+        self.attach = attach
         if run_id:
             try:
                 self.client.get_run(run_id)
             except Exception:  # noqa: BLE001 - e.g. another tracking URI than before: start a new run
+                if attach:
+                    raise LookupError(f"MLflow run {run_id} is not in {uri}") from None
                 print(f"MLflow run {run_id} of the checkpoint is not in {uri}: starting a new run", flush=True)
                 run_id = None
         if run_id:
-            self.client.update_run(run_id, status="RUNNING")
+            if not attach:
+                self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
         else:
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
@@ -110,11 +124,13 @@ class _MLflow:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.pending: list = []
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log(self, kind: str, step: int, metrics: dict[str, Any], history: list[dict] | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.pending += [Metric(f"{kind}/{k}", float(v), now, step) for k, v in metrics.items()]
+        if kind != "train":  # a validation or a result is in the store before anything else happens
+            self.flush()
 
     def flush(self) -> None:
         for i in range(0, len(self.pending), 1000):
@@ -122,6 +138,7 @@ class _MLflow:
         self.pending = []
 
     def log_artifact(self, path: Path, artifact_path: str | None) -> None:
+        self.flush()
         if path.is_dir():
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         elif path.exists():
@@ -129,59 +146,119 @@ class _MLflow:
 
     def finish(self, status: str) -> None:
         self.flush()
-        self.client.set_terminated(self.run_id, status)
+        if not self.attach:
+            self.client.set_terminated(self.run_id, status)
+
+
+class MetricsFilesBackend:
+    """DVC's view of a stage: `dvc metrics show` reads the JSON, `dvc plots show` the TSV."""
+
+    run_id = None
+
+    def __init__(self, metrics_json: str | Path | None, val_tsv: str | Path | None = None):
+        self.metrics_json = Path(metrics_json) if metrics_json else None
+        self.val_tsv = Path(val_tsv) if val_tsv else None
+
+    def log(self, kind: str, step: int, metrics: dict[str, Any], history: list[dict] | None = None) -> None:
+        if kind == "val" and self.val_tsv is not None:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, VAL_COLUMNS, delimiter="\t", extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(history or [])
+            write_text(self.val_tsv, buffer.getvalue())
+        elif kind in ("final", "eval") and self.metrics_json is not None:
+            write_json(self.metrics_json, metrics)
+
+    def log_artifact(self, path: Path, artifact_path: str | None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, status: str) -> None:
+        pass
 
 
 class Tracker:
-    """Metrics of one training phase, to MLflow and the DVC metrics files (process 0 does the work;
-    on other processes every method is a no-op)."""
+    """Sends every record to each of its back ends (see the module docstring)."""
 
-    def __init__(self, mlflow_run: _MLflow | None, metrics_json: Path, val_tsv: Path):
-        self.mlflow, self.metrics_json, self.val_tsv = mlflow_run, Path(metrics_json), Path(val_tsv)
+    def __init__(self, backends: list):
+        self.backends = backends
 
     @property
     def run_id(self) -> str | None:
-        return self.mlflow.run_id if self.mlflow else None
+        return next((b.run_id for b in self.backends if b.run_id), None)
 
     def log_train(self, step: int, metrics: dict[str, float]) -> None:
-        if self.mlflow:
-            self.mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
+        self._log("train", step, metrics)
 
     def log_val(self, step: int, metrics: dict[str, float], history: list[dict]) -> None:
-        if not self.mlflow:
-            return
-        self.mlflow.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
-        self.mlflow.flush()
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, VAL_COLUMNS, delimiter="\t", extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-        self.val_tsv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.val_tsv.with_name(f".{self.val_tsv.name}.tmp")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, self.val_tsv)
+        self._log("val", step, metrics, history)
 
     def log_final(self, step: int, metrics: dict[str, Any]) -> None:
-        if not self.mlflow:
-            return
-        save_atomic(metrics, self.metrics_json)
-        self.mlflow.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step)
-        self.mlflow.flush()
+        self._log("final", step, metrics)
+
+    def log_eval(self, metrics: dict[str, Any]) -> None:
+        self._log("eval", 0, metrics)
+
+    def _log(self, kind: str, step: int, metrics: dict[str, Any], history: list[dict] | None = None) -> None:
+        for backend in self.backends:
+            backend.log(kind, step, metrics, history)
 
     def log_artifact(self, path: str | Path | None, artifact_path: str | None = None) -> None:
-        if self.mlflow and path is not None:
-            self.mlflow.log_artifact(Path(path), artifact_path)
+        if path is not None:
+            for backend in self.backends:
+                backend.log_artifact(Path(path), artifact_path)
 
     def flush(self) -> None:
-        if self.mlflow:
-            self.mlflow.flush()
+        for backend in self.backends:
+            backend.flush()
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.mlflow:
-            self.mlflow.finish(status)
+        for backend in self.backends:
+            backend.finish(status)
 
 
-def build_tracker(is_main: bool, *, root: Path, run_name: str, tags: dict[str, str], params: dict[str, Any],
-                  run_id: str | None, metrics_json: Path, val_tsv: Path) -> Tracker:
-    mlflow_run = _MLflow(tracking_uri(root), root, run_name, tags, params, run_id) if is_main else None
-    return Tracker(mlflow_run, metrics_json, val_tsv)
+class NullTracker(Tracker):
+    """What processes other than 0 hold: every call does nothing."""
+
+    def __init__(self):
+        super().__init__([])
+
+
+def start_run(*, root: Path, run_name: str, tags: dict[str, str], params: dict[str, Any], run_id: str | None,
+              metrics_json: Path | None, val_tsv: Path | None = None) -> Tracker:
+    """A tracker for one stage: MLflow (a new run, or `run_id` continued) and the stage's metrics files."""
+    mlflow_run = MLflowBackend(tracking_uri(root), root, run_name, tags, params, run_id)
+    return Tracker([mlflow_run, MetricsFilesBackend(metrics_json, val_tsv)])
+
+
+def attach(run_id: str | None, *, root: Path, metrics_json: Path | None) -> Tracker:
+    """A tracker that adds to an existing MLflow run (the evaluation of a trained checkpoint), or only
+    writes the metrics file when the checkpoint names no run."""
+    backends: list = [MetricsFilesBackend(metrics_json)]
+    if run_id:
+        try:
+            backends.insert(0, MLflowBackend(tracking_uri(root), root, "", {}, {}, run_id, attach=True))
+        except LookupError as e:
+            print(f"{e}: the scores go to {metrics_json} only", flush=True)
+    return Tracker(backends)
+
+
+def run_description(cfg: Any, spec: Any, init_meta: dict, *, world_size: int, device: str,
+                    extra: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """(tags, params) of a training stage's MLflow run: every resolved parameter, plus where the run
+    comes from (git commit, DVC experiment, the DVC hashes of its inputs, the pre-training run)."""
+    encoder = cfg.model.encoder
+    tags = {"mlflow.runName": run_name(spec.phase, spec.dataset, encoder), "encoder": encoder,
+            "preset": cfg.preset, "phase": spec.phase, "dataset": spec.dataset, "git_commit": git_commit(spec.repo),
+            "world_size": str(world_size), "device": device}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    inputs = [spec.train_shards, spec.val_shards] + [p for p in (spec.tokenizer, spec.init) if p]
+    tags.update({f"dvc_md5.{path}": md5 for path, md5 in dvc_hashes(Path(spec.repo), inputs).items()})
+    if init_meta.get("run_id"):
+        tags["pretrain_run_id"] = init_meta["run_id"]
+    params = {**cfg.flat(), "run.phase": spec.phase, "run.dataset": spec.dataset, "run.world_size": world_size,
+              "run.init": init_meta.get("path", ""), **extra}
+    return tags, params

@@ -2,7 +2,7 @@
 
 Run under torchrun, one process per device (gloo on CPU, NCCL on GPU):
 
-    torchrun --standalone --nproc_per_node=N stages/pretrain.py [paths]
+    torchrun --standalone --nproc_per_node=N stages/pretrain.py <the paths of dvc.yaml's pretrain cmd>
 
 (started as `python stages/pretrain.py`, it relaunches itself that way with N = train.nproc_per_node).
 A killed run restarted with the same command resumes from its last checkpoint in --state.
@@ -24,13 +24,13 @@ from pipeline.train.loop import NonFiniteLoss, RunSpec, train  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--train", default="data/shards/cc12m/train", help="training shards (with manifest.json)")
-    parser.add_argument("--val", default="data/shards/cc12m/val", help="validation shards")
-    parser.add_argument("--tokenizer", default="data/tokenizer", help="logged to MLflow with the model")
-    parser.add_argument("--out", default="data/models/pretrain", help="final.pt and best.pt")
-    parser.add_argument("--state", default="data/train_state/pretrain", help="resumable state (not a DVC output)")
-    parser.add_argument("--metrics", default="metrics/pretrain.json")
-    parser.add_argument("--curve", default="metrics/pretrain_val.tsv")
+    parser.add_argument("--train", required=True, help="training shards (with manifest.json)")
+    parser.add_argument("--val", required=True, help="validation shards")
+    parser.add_argument("--tokenizer", required=True, help="saved inside the output checkpoints")
+    parser.add_argument("--out", required=True, help="folder for final.pt and best.pt")
+    parser.add_argument("--state", required=True, help="resumable state (not a DVC output)")
+    parser.add_argument("--metrics", required=True, help="final validation metrics (JSON)")
+    parser.add_argument("--curve", required=True, help="validation curve (TSV)")
     args = parser.parse_args()
 
     cfg = load_config(args.params)

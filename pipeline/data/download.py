@@ -54,6 +54,8 @@ from urllib.request import url2pathname
 
 import pandas as pd
 
+from pipeline.io import atomic_write, write_json
+
 log = logging.getLogger(__name__)
 
 URL_COLUMNS = ["url", "caption", "captions", "image_id", "split"]
@@ -105,7 +107,7 @@ def download(dataset: str, urls_df: pd.DataFrame, out_dir: str | Path, cfg: Any)
         _clear(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_parquet(urls, out_dir / URLS)
-        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_json(out_dir / MANIFEST, manifest)
     _run_pass(out_dir / URLS, out_dir / MAIN, cfg)
     if not _last_pass_complete(out_dir):
         retry_failed(out_dir, cfg)  # finish an interrupted retry pass first
@@ -375,9 +377,7 @@ def _url_table(urls_df: pd.DataFrame) -> pd.DataFrame:
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write whole or not at all: an interrupted write must not leave a URL list to resume from."""
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: df.to_parquet(f, index=False))
 
 
 def _digest(urls: pd.DataFrame) -> str:

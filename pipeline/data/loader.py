@@ -30,6 +30,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.data.preprocess import normalize, to_uint8_tensor
 
 
 class CorruptSample(ValueError):
@@ -82,15 +82,16 @@ class Manifest:
         return cls(root, shards, sum(n for _, n in shards), int(data["image_size"]),
                    int(data["context_length"]))
 
+    def check_fits(self, model_cfg: Any) -> "Manifest":
+        """The shards were made for this model's image size and context length (else: reshard)."""
+        if (self.image_size, self.context_length) != (model_cfg.image_size, model_cfg.context_length):
+            raise ValueError(f"{self.root}: the shards have image_size {self.image_size} and context_length "
+                             f"{self.context_length}; model.image_size is {model_cfg.image_size} and "
+                             f"model.context_length {model_cfg.context_length}: rerun the shard stage")
+        return self
+
 
 # ----------------------------------------------------------------------------- samples
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [0, 1] -> ImageNet mean/std normalised."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
 
 
 def decode_sample(sample: dict, image_size: int, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +101,7 @@ def decode_sample(sample: dict, image_size: int, context_length: int) -> tuple[t
             image = image.convert("RGB")
             if image.size != (image_size, image_size):
                 raise CorruptSample(f"image is {image.size}, expected {image_size}x{image_size}")
-            pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+            pixels = to_uint8_tensor(image)
         tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
     except CorruptSample:
         raise
@@ -256,6 +257,16 @@ class TrainLoader:
         self.positions: dict[int, int] = {}
         self.corrupt: dict[int, int] = {}
 
+    @classmethod
+    def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
+                    world_size: int = 1) -> "TrainLoader":
+        """The loader of a training run (`tcfg` is the `train:` section, `model_cfg` the model's)."""
+        loader = cls(shard_dir, micro_batch_size=tcfg.micro_batch_size, grad_accum_steps=tcfg.grad_accum_steps,
+                     rank=rank, world_size=world_size, streams=tcfg.data_streams, num_workers=tcfg.num_workers,
+                     shuffle_buffer=tcfg.shuffle_buffer, seed=tcfg.seed, max_steps_per_epoch=tcfg.max_steps_per_epoch)
+        loader.manifest.check_fits(model_cfg)
+        return loader
+
     # ---------------------------------------------------------------- sizes
     def steps_in_epoch(self, epoch: int) -> int:
         """Optimiser steps in an epoch (the same on every process)."""
@@ -356,6 +367,14 @@ class ValLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers = min(num_workers, len(self.manifest.shards[rank::world_size]))
         self.corrupt = 0
+
+    @classmethod
+    def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
+                    world_size: int = 1) -> "ValLoader":
+        loader = cls(shard_dir, batch_size=tcfg.val_batch_size, rank=rank, world_size=world_size,
+                     num_workers=tcfg.num_workers)
+        loader.manifest.check_fits(model_cfg)
+        return loader
 
     def __iter__(self) -> Iterator[Batch]:
         self.corrupt = 0

@@ -28,6 +28,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.data.preprocess import prepare_image
+from pipeline.io import atomic_write, write_json
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -53,7 +56,7 @@ def resize_image(data: bytes, image_size: int) -> Image.Image:
     """Decode fully (truncated files raise here, not later) and resize to a square, bilinear, RGB."""
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        return image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+        return prepare_image(image, image_size)
 
 
 def encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -133,14 +136,15 @@ def process_tar(job: ShardJob) -> tuple[list[dict], Counter]:
 
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
     """Write atomically, with fixed metadata so that the same samples give the same bytes."""
-    tmp = path.with_suffix(".tar.tmp")
-    with tarfile.open(tmp, "w") as tar:
-        for key, fields in samples:
-            for ext, data in fields.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed mtime: reproducible bytes
-                tar.addfile(info, io.BytesIO(data))
-    tmp.replace(path)
+    def write(f) -> None:
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for key, fields in samples:
+                for ext, data in fields.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed mtime: reproducible bytes
+                    tar.addfile(info, io.BytesIO(data))
+
+    atomic_write(path, write)
 
 
 def shard_split(
@@ -203,5 +207,5 @@ def shard_split(
         "context_length": int(tokens.shape[1] - 1),
         "shards": shards,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(out_dir / "manifest.json", manifest)
     return manifest

@@ -2,7 +2,8 @@
 
     images -> VisionTransformer -> 256 patch embeddings
            -> AttentionalPooler (generative, 64 queries) -> 64 image tokens  (cross-attention context)
-           -> AttentionalPooler (contrastive, 1 query)   -> image embedding  (contrastive loss)
+              -> AttentionalPooler (contrastive, 1 query) -> image embedding (contrastive loss)
+    (a cascade: the contrastive pooler reads the generative pooler's 64 outputs, not the patches)
     text   -> UnimodalTextDecoder (causal)               -> hidden states; output at CLS = text embedding
            -> MultimodalTextDecoder (causal + cross-attn) -> vocabulary logits (captioning loss)
 
@@ -11,7 +12,7 @@ The two variants differ only in the ViT (``ModelConfig.encoder``):
     grr:      pre-norm RMSNorm, GEGLU (geglu_ratio), 2-D RoPE on queries and keys in every layer.
 Both text decoders use RMSNorm, GEGLU and 1-D RoPE in both variants.
 
-Layout (open_clip's CoCa layout, see SPEC "Parameter accounting"): poolers have learned queries,
+Layout (open_clip's CoCa layout, docs/paper.md §Parameter accounting): poolers have learned queries,
 LayerNorms on queries and keys and biased attention; each multimodal layer is a self-attention block
 with its own feed-forward followed by a cross-attention block with its own feed-forward and a norm on
 the cross-attention context; the vocabulary head is untied and has a bias. There is no final ViT
@@ -32,6 +33,7 @@ from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, init_trunc_nor
                      rope_1d, rope_2d, sincos_2d_positions)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+LOGIT_SCALE_MAX = math.log(100)  # CLIP's cap on the contrastive temperature's inverse
 
 
 # ------------------------------------------------------------------------------------ blocks
@@ -74,8 +76,8 @@ class CrossAttentionBlock(nn.Module):
         return x + self.ff(self.norm_ff(x))
 
 
-def text_feed_forward(cfg: ModelConfig) -> GEGLU:
-    return GEGLU(cfg.dim, cfg.geglu_hidden, cfg.dropout, bias=cfg.text_geglu_bias)
+def text_feed_forward(cfg: ModelConfig, dropout: float) -> GEGLU:
+    return GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=cfg.text_geglu_bias)
 
 
 # ------------------------------------------------------------------------------ image encoder
@@ -84,7 +86,7 @@ def text_feed_forward(cfg: ModelConfig) -> GEGLU:
 class VisionTransformer(nn.Module):
     """ViT over (image_size / patch_size)^2 patches; returns all patch embeddings (B, N, dim)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
         self.encoder = cfg.encoder
         self.patch_embed = nn.Conv2d(3, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
@@ -92,16 +94,16 @@ class VisionTransformer(nn.Module):
             # Fixed (non-trainable) absolute positions, added once to the patch embeddings.
             self.register_buffer("pos_embed", sincos_2d_positions(cfg.grid_size, cfg.dim),
                                  persistent=False)
-            norm, ff = nn.LayerNorm, lambda: GeluMLP(cfg.dim, cfg.mlp_hidden, cfg.dropout)
+            norm, ff = nn.LayerNorm, lambda: GeluMLP(cfg.dim, cfg.mlp_hidden, dropout)
         else:
             # 2-D RoPE tables for the fixed patch grid, applied to q and k in every layer.
             rope_cos, rope_sin = rope_2d(*patch_grid(cfg.grid_size), cfg.head_dim, cfg.rope_base)
             self.register_buffer("rope_cos", rope_cos, persistent=False)
             self.register_buffer("rope_sin", rope_sin, persistent=False)
-            norm, ff = RMSNorm, lambda: GEGLU(cfg.dim, cfg.geglu_hidden, cfg.dropout, bias=True)
-        self.dropout = nn.Dropout(cfg.dropout)
+            norm, ff = RMSNorm, lambda: GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=True)
+        self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.dim, cfg.heads, norm, ff(), cfg.dropout)
+            TransformerBlock(cfg.dim, cfg.heads, norm, ff(), dropout)
             for _ in range(cfg.vit_layers))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -143,12 +145,12 @@ class UnimodalTextDecoder(nn.Module):
     ``final_norm`` is applied by CoCa to the output at the CLS position (the text embedding).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.dim, cfg.heads, RMSNorm, text_feed_forward(cfg), cfg.dropout)
+            TransformerBlock(cfg.dim, cfg.heads, RMSNorm, text_feed_forward(cfg, dropout), dropout)
             for _ in range(cfg.unimodal_layers))
         self.final_norm = RMSNorm(cfg.dim)
 
@@ -164,12 +166,12 @@ class UnimodalTextDecoder(nn.Module):
 class MultimodalLayer(nn.Module):
     """One multimodal decoder layer: causal self-attention block, then cross-attention block."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
-        self.self_block = TransformerBlock(cfg.dim, cfg.heads, RMSNorm, text_feed_forward(cfg),
-                                           cfg.dropout)
-        self.cross_block = CrossAttentionBlock(cfg.dim, cfg.heads, text_feed_forward(cfg),
-                                               cfg.dropout)
+        self.self_block = TransformerBlock(cfg.dim, cfg.heads, RMSNorm, text_feed_forward(cfg, dropout),
+                                           dropout)
+        self.cross_block = CrossAttentionBlock(cfg.dim, cfg.heads, text_feed_forward(cfg, dropout),
+                                               dropout)
 
     def forward(self, x: torch.Tensor, image_tokens: torch.Tensor, *, rope: Rope,
                 attn_mask: torch.Tensor | None, is_causal: bool,
@@ -183,9 +185,9 @@ class MultimodalLayer(nn.Module):
 class MultimodalTextDecoder(nn.Module):
     """Unimodal hidden states + pooled image tokens -> next-token logits (B, L, vocab_size)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
-        self.layers = nn.ModuleList(MultimodalLayer(cfg) for _ in range(cfg.multimodal_layers))
+        self.layers = nn.ModuleList(MultimodalLayer(cfg, dropout) for _ in range(cfg.multimodal_layers))
         self.final_norm = RMSNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=True)  # untied from the embedding
 
@@ -208,20 +210,31 @@ class CoCa(nn.Module):
     caption sequence without its last token, so the last input token is CLS — and returns a dict:
     ``image_embed`` and ``text_embed`` (B, dim, L2-normalised), ``logits`` (B, L, vocab_size; position
     t predicts target t, i.e. input t+1) and ``logit_scale`` (scalar, exp of the learnable
-    log-temperature, clamped at 100).
+    log-temperature, at most 100).
+
+    Naming (open_clip differs): ``image_embed`` is the pooled contrastive vector; the 64 pooled
+    image tokens that the multimodal decoder reads are ``image_tokens`` (open_clip's image_embs).
+    ``dropout`` belongs to the training phase, not to the architecture (docs/paper.md §Training).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
         self.cfg = cfg
-        self.visual = VisionTransformer(cfg)
+        self.visual = VisionTransformer(cfg, dropout)
         self.generative_pooler = AttentionalPooler(cfg.dim, cfg.heads, cfg.pooler_queries)
         self.contrastive_pooler = AttentionalPooler(cfg.dim, cfg.heads, 1)
-        self.unimodal = UnimodalTextDecoder(cfg)
-        self.multimodal = MultimodalTextDecoder(cfg)
-        # Learnable temperature, stored as log(1/sigma); CLIP init 1/0.07, used clamped at 100.
+        self.unimodal = UnimodalTextDecoder(cfg, dropout)
+        self.multimodal = MultimodalTextDecoder(cfg, dropout)
+        # Learnable temperature, stored as log(1/sigma); CLIP init 1/0.07, at most 100.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self._init_weights()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep the stored log-temperature at or below ln(100), in place: the trainer calls this after
+        every optimiser step. (Clamping only inside forward would leave the parameter above the cap
+        with a gradient of exactly 0, and it would never come back.)"""
+        self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
 
     def _init_weights(self) -> None:
         """GPT-2 / nanoGPT-style initialisation, which trains stably with pre-norm transformers:
@@ -293,6 +306,12 @@ class CoCa(nn.Module):
         return text_embed, hidden, attention
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Text embeddings of input tokens (B, context_length) that end with CLS (pipeline/tokens.py)."""
+        if text.ndim != 2 or bool((text[:, -1] != self.cfg.cls_id).any()):
+            rows = [] if text.ndim != 2 else (text[:, -1] != self.cfg.cls_id).nonzero().flatten().tolist()
+            raise ValueError(f"encode_text needs input tokens (B, L) whose last token is CLS (id {self.cfg.cls_id}): "
+                             f"the caption sequence without its final PAD; rows {rows[:10]} of shape "
+                             f"{tuple(text.shape)} do not end with CLS")
         embed = self.text_features(text)[0]
         return F.normalize(embed, dim=-1) if normalize else embed
 
@@ -306,7 +325,7 @@ class CoCa(nn.Module):
             "image_embed": F.normalize(image_embed, dim=-1),
             "text_embed": F.normalize(text_embed, dim=-1),
             "logits": logits,
-            "logit_scale": self.logit_scale.clamp(max=math.log(100)).exp(),
+            "logit_scale": self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp(),
         }
 
     # ------------------------------------------------------------------ optimiser

@@ -1,9 +1,12 @@
-"""CoCa losses (SPEC "Losses and metrics").
+"""CoCa losses (docs/paper.md §Losses and metrics).
 
     L_con = CE(logit_scale * x y^T, diag) + CE(logit_scale * y x^T, diag)   (paper Eq. 1: the SUM of
             the two directional mean cross-entropies; x, y L2-normalised image / text embeddings)
     L_cap = token cross-entropy averaged over the targets that are not BOS, PAD or CLS
     perplexity = exp(L_cap);  CoCa loss = lambda_con * L_con + lambda_cap * L_cap
+
+`CoCaLoss` is the objective that training backpropagates, and `CoCaLoss.combine` the CoCa loss that
+training logs and validation reports: editing them changes what trains and what is measured.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.tokens import TokenLayout
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -26,17 +31,28 @@ def contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor,
     return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
 
 
-def caption_loss(logits: torch.Tensor, targets: torch.Tensor,
-                 ignore_ids: tuple[int, ...]) -> torch.Tensor:
-    """Mean per-token cross-entropy of logits (B, L, V) against targets (B, L), ignoring the
-    targets whose id is in ``ignore_ids`` (BOS, PAD, CLS). Computed in (at least) float32."""
-    ignore = torch.zeros_like(targets, dtype=torch.bool)
-    for token in ignore_ids:
-        ignore |= targets == token
-    targets = targets.masked_fill(ignore, -100)
+def target_mask(targets: torch.Tensor, ignore_ids: tuple[int, ...]) -> torch.Tensor:
+    """True where a target counts in the caption loss (its id is not in ``ignore_ids``)."""
+    return ~torch.isin(targets, torch.tensor(ignore_ids, device=targets.device))
+
+
+def caption_loss_sum(logits: torch.Tensor, targets: torch.Tensor,
+                     ignore_ids: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed per-token cross-entropy, number of counted targets) of logits (B, L, V) against
+    targets (B, L), ignoring the targets whose id is in ``ignore_ids`` (BOS, PAD, CLS). Computed in
+    (at least) float32."""
+    counted = target_mask(targets, ignore_ids)
+    targets = targets.masked_fill(~counted, -100)
     token_loss = F.cross_entropy(_at_least_float32(logits.reshape(-1, logits.shape[-1])), targets.reshape(-1),
                                  ignore_index=-100, reduction="sum")
-    return token_loss / (~ignore).sum().clamp(min=1)
+    return token_loss, counted.sum()
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor,
+                 ignore_ids: tuple[int, ...]) -> torch.Tensor:
+    """Mean per-token cross-entropy over the counted targets (see caption_loss_sum)."""
+    total, count = caption_loss_sum(logits, targets, ignore_ids)
+    return total / count.clamp(min=1)
 
 
 def perplexity(caption_loss_value: torch.Tensor) -> torch.Tensor:
@@ -70,41 +86,54 @@ def gather_with_grad(tensor: torch.Tensor, rank: int, world_size: int) -> torch.
 
 
 class CoCaLoss(nn.Module):
-    """lambda_con * contrastive + lambda_cap * caption, from the dict that ``CoCa.forward`` returns.
+    """The CoCa objective from the dict that ``CoCa.forward`` returns, exact across processes.
 
-    With world_size > 1 (torch.distributed initialised) the image and text embeddings of all ranks
-    are gathered with gradients and every rank computes the contrastive loss of the whole global
-    batch, so the loss equals the one-process loss on the concatenated batch; the gather's backward
-    sums each rank's gradient, and DDP's gradient averaging over ranks then gives exactly the
-    one-process gradient. The caption loss is the per-token mean of the local batch (DDP averages it
-    over ranks). Every rank must have the same local batch size.
+    Contrastive term: the image and text embeddings of all processes are gathered with gradients and
+    every process computes L_con over the whole global batch; the gather's backward sums each
+    process's gradient and DDP's averaging over processes then gives exactly the one-process gradient.
+
+    Caption term: the mean over the global batch's caption tokens. Each process holds a share of them
+    (its summed cross-entropy / the global token count); DDP averages gradients over processes, so
+    each process backpropagates world_size x its share. The global token count is all-reduced here,
+    unless the caller passes it (the trainer all-reduces every micro-step's count at once).
+
+    ``forward`` returns ``loss`` (what to backpropagate), and detached ``contrastive_loss`` (the
+    global value, the same on every process), ``caption_share`` (this process's share of the global
+    mean caption loss: the shares sum to it over processes) and ``caption_tokens`` (this process's).
     """
 
-    def __init__(self, contrastive_weight: float = 1.0, caption_weight: float = 1.0, *,
-                 pad_id: int, bos_id: int, cls_id: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, lambda_con: float, lambda_cap: float, tokens: TokenLayout, *,
+                 rank: int = 0, world_size: int = 1):
         super().__init__()
         if world_size > 1 and not (dist.is_available() and dist.is_initialized()):
             raise ValueError(f"world_size={world_size} needs torch.distributed initialised")
-        self.contrastive_weight, self.caption_weight = contrastive_weight, caption_weight
-        self.ignore_ids = (bos_id, pad_id, cls_id)
+        self.lambda_con, self.lambda_cap = lambda_con, lambda_cap
+        self.ignore_ids = tokens.non_targets
         self.rank, self.world_size = rank, world_size
 
-    @classmethod
-    def from_config(cls, cfg, contrastive_weight: float, caption_weight: float, *, rank: int = 0,
-                    world_size: int = 1) -> "CoCaLoss":
-        """Build with the special token ids of a ``ModelConfig``."""
-        return cls(contrastive_weight, caption_weight, pad_id=cfg.pad_id, bos_id=cfg.bos_id,
-                   cls_id=cfg.cls_id, rank=rank, world_size=world_size)
+    def combine(self, contrastive: torch.Tensor | float, caption: torch.Tensor | float) -> torch.Tensor | float:
+        """CoCa loss = lambda_con * L_con + lambda_cap * L_cap."""
+        return self.lambda_con * contrastive + self.lambda_cap * caption
 
-    def forward(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def count_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Caption-loss targets in a batch (not BOS, PAD or CLS)."""
+        return target_mask(targets, self.ignore_ids).sum()
+
+    def forward(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
+                global_tokens: float | None = None) -> dict[str, torch.Tensor]:
         image_embed = gather_with_grad(outputs["image_embed"], self.rank, self.world_size)
         text_embed = gather_with_grad(outputs["text_embed"], self.rank, self.world_size)
         con = contrastive_loss(_at_least_float32(image_embed), _at_least_float32(text_embed),
                                _at_least_float32(outputs["logit_scale"]))
-        cap = caption_loss(outputs["logits"], targets, self.ignore_ids)
+        cap_sum, tokens = caption_loss_sum(outputs["logits"], targets, self.ignore_ids)
+        if global_tokens is None:
+            global_tokens = tokens.detach().double()
+            if self.world_size > 1:
+                dist.all_reduce(global_tokens)
+        share = cap_sum / max(float(global_tokens), 1.0)
         return {
-            "coca_loss": self.contrastive_weight * con + self.caption_weight * cap,
-            "contrastive_loss": con,
-            "caption_loss": cap,
-            "perplexity": perplexity(cap),
+            "loss": self.combine(con, share * self.world_size),
+            "contrastive_loss": con.detach(),
+            "caption_share": share.detach(),
+            "caption_tokens": tokens,
         }

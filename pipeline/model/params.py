@@ -12,7 +12,7 @@ from torch import nn
 from .coca import CoCa
 from .config import ModelConfig
 
-# GRR-CoCa paper: stated trainable parameter counts.
+# GRR-CoCa paper: stated trainable parameter counts (docs/paper.md §Parameter accounting).
 PAPER_TOTALS = {"baseline": 393_863_270, "grr": 394_548_926}
 PAPER_DIFFERENCE = PAPER_TOTALS["grr"] - PAPER_TOTALS["baseline"]  # 685,656
 
@@ -59,11 +59,9 @@ def vit_block_count(cfg: ModelConfig) -> int:
     return count(build_on_meta(cfg).visual.blocks[0])
 
 
-def format_param_report(cfg_paper: ModelConfig | None = None) -> str:
-    """Table of per-component counts for both encoders at ``cfg_paper``'s sizes (default: the
-    paper preset), with the totals' residuals against the paper and the GRR - Baseline difference
-    (for ``grr-coca params --preset paper``)."""
-    cfg_paper = ModelConfig.paper() if cfg_paper is None else cfg_paper
+def format_param_report(cfg_paper: ModelConfig) -> str:
+    """Table of per-component counts for both encoders at ``cfg_paper``'s sizes, with the totals'
+    residuals against the paper and the GRR - Baseline difference (``grr-coca params --preset paper``)."""
     configs = {name: cfg_paper.replace(encoder=name) for name in ("baseline", "grr")}
     tables = {name: parameter_breakdown(cfg) for name, cfg in configs.items()}
     blocks = {name: vit_block_count(cfg) for name, cfg in configs.items()}

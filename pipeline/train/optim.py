@@ -1,4 +1,5 @@
-"""AdamW (SPEC: betas 0.9/0.999, weight decay 0.001 on matmul/conv weights only; fused on GPU)."""
+"""AdamW (docs/paper.md §Training: betas 0.9/0.999, weight decay 0.001 on matmul/conv weights only;
+fused on GPU)."""
 
 from __future__ import annotations
 

@@ -106,3 +106,8 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op in a single process); works on gloo and NCCL alike."""
+    all_gather_object(None)

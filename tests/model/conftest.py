@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.model import ModelConfig
+from pipeline.config import model_preset
+from pipeline.model.config import ModelConfig
 
 
 def make_sequences(cfg: ModelConfig, caption_lengths: list[int], length: int | None = None,
@@ -26,7 +27,7 @@ def make_sequences(cfg: ModelConfig, caption_lengths: list[int], length: int | N
 
 @pytest.fixture
 def smoke_cfg() -> ModelConfig:
-    return ModelConfig.smoke()
+    return model_preset("smoke")
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import CoCa, ModelConfig
+from pipeline.config import model_preset
+from pipeline.model.coca import CoCa
+from pipeline.model.losses import contrastive_loss
+from pipeline.model.config import ModelConfig
 from pipeline.model.layers import GEGLU, GeluMLP, RMSNorm
 
 
@@ -24,7 +27,7 @@ def _images(cfg: ModelConfig, n: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("encoder", ["baseline", "grr"])
 def test_forward_outputs(encoder, sequences):
-    cfg = ModelConfig.smoke(encoder=encoder)
+    cfg = model_preset("smoke", encoder=encoder)
     model = _model(cfg)
     text = sequences(cfg, [3, 8, 1])[:, :-1]
     out = model(_images(cfg, 3), text)
@@ -47,7 +50,7 @@ def test_logit_scale_is_clamped_at_100(smoke_cfg, sequences):
 
 @pytest.mark.parametrize("encoder", ["baseline", "grr"])
 def test_changing_token_t_never_changes_earlier_positions(encoder, sequences):
-    cfg = ModelConfig.smoke(encoder=encoder)
+    cfg = model_preset("smoke", encoder=encoder)
     model = _model(cfg)
     images = _images(cfg, 2)
     text = sequences(cfg, [4, 7])[:, :-1]
@@ -104,8 +107,8 @@ def _structure(model: nn.Module) -> dict[str, tuple]:
 
 
 def test_baseline_and_grr_differ_only_in_vit_norm_feed_forward_and_positions():
-    base = CoCa(ModelConfig.smoke(encoder="baseline"))
-    grr = CoCa(ModelConfig.smoke(encoder="grr"))
+    base = CoCa(model_preset("smoke", encoder="baseline"))
+    grr = CoCa(model_preset("smoke", encoder="grr"))
     sb, sg = _structure(base), _structure(grr)
     assert sb.keys() == sg.keys()
     differing = {name for name in sb if sb[name] != sg[name]}
@@ -133,19 +136,44 @@ def test_baseline_and_grr_differ_only_in_vit_norm_feed_forward_and_positions():
             isinstance(m, RMSNorm) for m in text_modules)
 
 
+def _shuffle_patches(images: torch.Tensor, patch: int, order: torch.Tensor) -> torch.Tensor:
+    """Move whole patches to other grid cells (the set of patch contents stays the same)."""
+    B, C, H, W = images.shape
+    g = H // patch
+    blocks = images.view(B, C, g, patch, g, patch).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C, patch, patch)
+    blocks = blocks[:, order]
+    return blocks.view(B, g, g, C, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+
+
+def _forget_positions(model: CoCa) -> None:
+    """Make the ViT position-blind: no absolute positions added (Baseline), RoPE as the identity (GRR)."""
+    if model.cfg.encoder == "baseline":
+        model.visual.pos_embed.zero_()
+    else:
+        model.visual.rope_cos.fill_(1.0)
+        model.visual.rope_sin.zero_()
+
+
 @pytest.mark.parametrize("encoder", ["baseline", "grr"])
 def test_vit_positions_matter(encoder):
-    """Permuting patches changes the output: the ViT knows where each patch is."""
-    cfg = ModelConfig.smoke(encoder=encoder)
+    """Moving whole patches to other places changes the ViT's output beyond moving its tokens: the ViT
+    knows where each patch is. A position-blind ViT only moves its tokens (the control)."""
+    cfg = model_preset("smoke", encoder=encoder)
     model = _model(cfg)
+    with torch.no_grad():  # weights as after training: at init (std 0.02) attention is nearly uniform,
+        for param in model.visual.parameters():  # and a uniform average ignores RoPE's rotations
+            if param.ndim >= 2:
+                param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(param.numel()))
     images = _images(cfg, 1)
-    flipped = torch.flip(images, dims=[-1])
-    tokens = model.visual(images)
-    tokens_flipped = model.visual(flipped)
-    grid = cfg.grid_size
-    unflipped = tokens_flipped.view(1, grid, grid, -1).flip(2).reshape(1, grid * grid, -1)
-    # patch contents are mirrored too, so compare only that the outputs are not a mere permutation
-    assert not torch.allclose(torch.sort(tokens.sum(-1)).values, torch.sort(unflipped.sum(-1)).values)
+    order = torch.randperm(cfg.num_patches, generator=torch.Generator().manual_seed(0))
+    shuffled = _shuffle_patches(images, cfg.patch_size, order)
+    with torch.no_grad():
+        moved = model.visual(images)[:, order]
+        difference = (model.visual(shuffled) - moved).abs().max().item()
+        assert difference > 1e-2 * moved.abs().max().item(), difference
+        _forget_positions(model)
+        moved = model.visual(images)[:, order]
+        assert torch.allclose(model.visual(shuffled), moved, rtol=0, atol=1e-9)
 
 
 def test_optimizer_param_groups_partition_parameters(smoke_cfg):
@@ -165,7 +193,7 @@ def test_optimizer_param_groups_partition_parameters(smoke_cfg):
 
 def test_initialisation(smoke_cfg):
     torch.manual_seed(0)
-    model = CoCa(ModelConfig.smoke(dim=64, heads=4, vit_layers=3))
+    model = CoCa(model_preset("smoke", dim=64, heads=4, vit_layers=3))
     std = 0.02
     assert abs(float(model.unimodal.token_embedding.weight.detach().std()) - std) < 0.003
     assert float(model.unimodal.token_embedding.weight.detach().abs().max()) <= 2 * std + 1e-6
@@ -176,9 +204,9 @@ def test_initialisation(smoke_cfg):
 
 
 def test_dropout_only_in_training_mode(sequences):
-    cfg = ModelConfig.smoke(dropout=0.3)
+    cfg = model_preset("smoke")
     torch.manual_seed(0)
-    model = CoCa(cfg)
+    model = CoCa(cfg, dropout=0.3)
     images, text = torch.randn(2, 3, 32, 32), sequences(cfg, [3, 5])[:, :-1]
     model.eval()
     assert torch.equal(model(images, text)["logits"], model(images, text)["logits"])
@@ -196,25 +224,56 @@ def test_backward_reaches_every_parameter(smoke_cfg, sequences):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(encoder="vit"), "encoder"),
-    (dict(image_size=30), "image_size"),
-    (dict(dim=30, heads=4), "dim"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(context_length=2), "context_length"),
-    (dict(pad_id=1), "eos_id"),
-    (dict(cls_id=10**6), "cls_id"),
-    (dict(heads=0), "heads"),
+    (dict(encoder="vit"), "key 'model.encoder': value 'vit'"),
+    (dict(image_size=30), "key 'model.image_size': value 30 is not allowed; allowed: a multiple of model.patch_size"),
+    (dict(dim=30, heads=4), "key 'model.dim'"),
+    (dict(context_length=3), "key 'model.context_length': value 3 is not allowed; allowed: an integer >= 4"),
+    (dict(vocab_size=5), "key 'model.vocab_size'"),
+    (dict(heads=0), "key 'model.heads'"),
+    (dict(geglu_ratio=0.0), "key 'model.geglu_ratio'"),
 ])
-def test_config_validation_names_the_field(change, message):
-    with pytest.raises(ValueError, match=message):
-        ModelConfig.smoke(**change)
+def test_config_validation_names_the_key_the_value_and_what_is_allowed(change, message):
+    with pytest.raises(ValueError) as error:
+        model_preset("smoke", **change)
+    assert message in str(error.value)
 
 
-def test_presets():
-    paper = ModelConfig.paper()
+def test_presets_and_the_token_layout():
+    paper = model_preset("paper")
     assert (paper.bos_id, paper.cls_id, paper.pad_id, paper.eos_id) == (32100, 32101, 0, 1)
     assert paper.num_patches == 256 and paper.geglu_hidden == 2073 and paper.mlp_hidden == 3072
-    demo = ModelConfig.demo(encoder="baseline")
+    demo = model_preset("demo", encoder="baseline")
     assert demo.encoder == "baseline" and demo.bos_id == demo.vocab_size - 2
+    # BOS and CLS follow the vocabulary size: a replaced size moves them
+    bigger = paper.replace(vocab_size=40000)
+    assert (bigger.bos_id, bigger.cls_id, bigger.tokens.non_targets) == (39998, 39999, (39998, 0, 39999))
     with pytest.raises(ValueError, match="preset"):
-        ModelConfig.preset("huge")
+        model_preset("huge")
+
+
+def test_encode_text_rejects_input_that_does_not_end_with_cls(smoke_cfg, sequences):
+    model = CoCa(smoke_cfg).eval()
+    seq = sequences(smoke_cfg, [3, 5])
+    assert model.encode_text(seq[:, :-1]).shape == (2, smoke_cfg.dim)
+    with pytest.raises(ValueError, match=r"last token is CLS .*rows \[0, 1\]"):
+        model.encode_text(seq[:, 1:])  # the targets, not the inputs: they end with PAD
+
+
+def test_logit_scale_clamped_in_place_keeps_its_gradient(smoke_cfg, sequences):
+    """Above the cap the clamp inside forward passes no gradient; clamping the parameter itself
+    (what the trainer does after each step) brings the gradient back."""
+    model = CoCa(smoke_cfg)
+    images, text = torch.randn(4, 3, 32, 32), sequences(smoke_cfg, [3, 5, 2, 4])[:, :-1]
+
+    def grad_of_scale() -> float:
+        model.zero_grad()
+        out = model(images, text)
+        contrastive_loss(out["image_embed"], out["text_embed"], out["logit_scale"]).backward()
+        return float(model.logit_scale.grad)
+
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100) + 0.5)
+    assert grad_of_scale() == 0.0
+    model.clamp_logit_scale_()
+    assert float(model.logit_scale.detach()) == pytest.approx(math.log(100))
+    assert grad_of_scale() != 0.0

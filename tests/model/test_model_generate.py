@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.model import CoCa, ModelConfig, beam_search, generate, greedy_search
+from pipeline.config import model_preset
+from pipeline.model.coca import CoCa
+from pipeline.model.config import ModelConfig
+from pipeline.model.generate import beam_search, generate, greedy_search
 
 
 def _model(encoder: str = "grr", eos_bias: float = 0.0) -> tuple[ModelConfig, CoCa]:
-    cfg = ModelConfig.smoke(encoder=encoder, context_length=16)
+    cfg = model_preset("smoke", encoder=encoder, context_length=16)
     torch.manual_seed(0)
     model = CoCa(cfg).double()
     if eos_bias:

@@ -1,4 +1,4 @@
-"""Losses against a direct float64 re-computation of the SPEC formulas."""
+"""Losses against a direct float64 re-computation of docs/paper.md's formulas."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.model import CoCa, CoCaLoss, ModelConfig, caption_loss, contrastive_loss
+from pipeline.config import model_preset
+from pipeline.model.coca import CoCa
+from pipeline.model.losses import CoCaLoss, caption_loss, contrastive_loss
 
 
 def _reference_contrastive(x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
@@ -59,38 +61,48 @@ def test_caption_loss_ignores_bos_pad_and_cls():
     assert math.isclose(ours.item(), _reference_caption(logits, targets, {9, 0, 10}), rel_tol=1e-9)
 
 
-def test_coca_loss_dict_and_perplexity(sequences):
-    cfg = ModelConfig.smoke()
+def test_coca_loss_is_the_objective_of_the_formulas(sequences):
+    cfg = model_preset("smoke")
     torch.manual_seed(0)
     model = CoCa(cfg).double()
     seq = sequences(cfg, [2, 5, 8, 1])
     out = model(torch.randn(4, 3, 32, 32, dtype=torch.float64), seq[:, :-1])
-    loss = CoCaLoss.from_config(cfg, contrastive_weight=2.0, caption_weight=1.0)(out, seq[:, 1:])
-    assert set(loss) == {"coca_loss", "contrastive_loss", "caption_loss", "perplexity"}
+    loss_fn = CoCaLoss(2.0, 1.0, cfg.tokens)
+    loss = loss_fn(out, seq[:, 1:])
+    assert set(loss) == {"loss", "contrastive_loss", "caption_share", "caption_tokens"}
     con = _reference_contrastive(out["image_embed"].detach(), out["text_embed"].detach(),
                                  out["logit_scale"].item())
     cap = _reference_caption(out["logits"].detach(), seq[:, 1:], {cfg.bos_id, cfg.pad_id, cfg.cls_id})
     assert math.isclose(loss["contrastive_loss"].item(), con, rel_tol=1e-9)
-    assert math.isclose(loss["caption_loss"].item(), cap, rel_tol=1e-9)
-    assert math.isclose(loss["perplexity"].item(), math.exp(cap), rel_tol=1e-9)
-    # SPEC: CoCa loss = lambda_con * L_con + lambda_cap * ln(perplexity)
-    assert math.isclose(loss["coca_loss"].item(), 2 * con + math.log(loss["perplexity"].item()),
-                        rel_tol=1e-9)
+    assert math.isclose(loss["caption_share"].item(), cap, rel_tol=1e-9)  # one process: the whole mean
+    # docs/paper.md §Losses and metrics: CoCa loss = lambda_con * L_con + lambda_cap * ln(perplexity)
+    assert math.isclose(loss["loss"].item(), 2 * con + math.log(math.exp(cap)), rel_tol=1e-9)
+    assert loss_fn.combine(con, cap) == 2 * con + cap
     # the targets that count: caption tokens and EOS (sum of caption lengths + one EOS each)
-    counted = ~torch.isin(seq[:, 1:], torch.tensor([cfg.bos_id, cfg.pad_id, cfg.cls_id]))
-    assert int(counted.sum()) == 2 + 5 + 8 + 1 + 4
+    assert int(loss["caption_tokens"]) == int(loss_fn.count_targets(seq[:, 1:])) == 2 + 5 + 8 + 1 + 4
 
 
 def test_coca_loss_backward(smoke_cfg, sequences):
     model = CoCa(smoke_cfg)
     seq = sequences(smoke_cfg, [3, 4])
-    loss = CoCaLoss.from_config(smoke_cfg, 1.0, 2.0)(model(torch.randn(2, 3, 32, 32), seq[:, :-1]),
-                                                     seq[:, 1:])
-    loss["coca_loss"].backward()
+    loss = CoCaLoss(1.0, 2.0, smoke_cfg.tokens)(model(torch.randn(2, 3, 32, 32), seq[:, :-1]), seq[:, 1:])
+    loss["loss"].backward()
     assert model.logit_scale.grad is not None and torch.isfinite(model.logit_scale.grad)
-    assert loss["perplexity"].requires_grad is False
+    assert not loss["contrastive_loss"].requires_grad and not loss["caption_share"].requires_grad
 
 
-def test_distributed_loss_needs_initialised_process_group():
+def test_the_global_token_count_weights_the_caption_term(smoke_cfg, sequences):
+    """Given the micro-batch's global caption-token count (from the other processes too), a process
+    backpropagates world_size x its share of the global mean."""
+    model = CoCa(smoke_cfg).double()
+    seq = sequences(smoke_cfg, [3, 4])
+    out = model(torch.randn(2, 3, 32, 32, dtype=torch.float64), seq[:, :-1])
+    alone = CoCaLoss(0.0, 1.0, smoke_cfg.tokens)(out, seq[:, 1:])
+    tokens = int(alone["caption_tokens"])
+    shared = CoCaLoss(0.0, 1.0, smoke_cfg.tokens)(out, seq[:, 1:], global_tokens=4 * tokens)
+    assert math.isclose(shared["caption_share"].item(), alone["caption_share"].item() / 4, rel_tol=1e-12)
+
+
+def test_distributed_loss_needs_initialised_process_group(smoke_cfg):
     with pytest.raises(ValueError, match="world_size"):
-        CoCaLoss(1.0, 1.0, pad_id=0, bos_id=1, cls_id=2, rank=0, world_size=2)
+        CoCaLoss(1.0, 1.0, smoke_cfg.tokens, rank=0, world_size=2)

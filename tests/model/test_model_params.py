@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.model import CoCa, ModelConfig, format_param_report, parameter_breakdown
+from pipeline.config import model_preset
+from pipeline.model.coca import CoCa
+from pipeline.model.params import format_param_report, parameter_breakdown
 from pipeline.model.params import PAPER_DIFFERENCE, PAPER_TOTALS, build_on_meta, count, vit_block_count
 
 
 @pytest.fixture(scope="module")
 def paper_counts() -> dict[str, dict[str, int]]:
-    return {enc: parameter_breakdown(ModelConfig.paper(encoder=enc)) for enc in ("baseline", "grr")}
+    return {enc: parameter_breakdown(model_preset("paper", encoder=enc)) for enc in ("baseline", "grr")}
 
 
 def test_paper_model_is_built_on_meta_device():
-    model = build_on_meta(ModelConfig.paper())
+    model = build_on_meta(model_preset("paper"))
     assert all(p.is_meta for p in model.parameters())
 
 
@@ -37,13 +39,13 @@ def test_only_the_vit_blocks_differ(paper_counts):
 
 
 def test_per_vit_block_counts():
-    assert vit_block_count(ModelConfig.paper(encoder="baseline")) == 7_087_872
-    assert vit_block_count(ModelConfig.paper(encoder="grr")) == 7_145_010
+    assert vit_block_count(model_preset("paper", encoder="baseline")) == 7_087_872
+    assert vit_block_count(model_preset("paper", encoder="grr")) == 7_145_010
 
 
 def test_feed_forward_counts_match_spec():
-    baseline = build_on_meta(ModelConfig.paper(encoder="baseline"))
-    grr = build_on_meta(ModelConfig.paper(encoder="grr"))
+    baseline = build_on_meta(model_preset("paper", encoder="baseline"))
+    grr = build_on_meta(model_preset("paper", encoder="grr"))
     assert count(baseline.visual.blocks[0].ff) == 4_722_432  # GELU MLP 768->3072->768, biases
     assert count(grr.visual.blocks[0].ff) == 4_781_106       # GEGLU 2x(768->2073) + 2073->768, biases
     assert grr.visual.blocks[0].ff.hidden == 2073
@@ -57,7 +59,7 @@ def test_breakdown_sums_to_the_real_model_count(smoke_cfg):
 
 
 def test_param_report_names_totals_and_difference():
-    report = format_param_report(ModelConfig.paper())
+    report = format_param_report(model_preset("paper"))
     assert "393,863,270" in report and "394,548,926" in report
     assert "685,656" in report and "exact" in report
     assert "7,087,872" in report and "7,145,010" in report

@@ -1,5 +1,5 @@
 """Helpers of the trainer tests: tiny generated shards in the shard stage's format
-(pipeline/data/shard.py), params files, and the pretrain stage run under torchrun.
+written by pipeline/data/shard.py's own writer with pipeline/tokens.py's layout, params files, and the pretrain stage run under torchrun.
 
 Images and captions are tied by a class: each class has its own colour pattern and its own caption
 words, so that a tiny model can learn something in a few steps.
@@ -12,24 +12,21 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
 
-PAD, EOS = 0, 1
-
+from pipeline.data.shard import write_tar
+from pipeline.io import write_json
+from pipeline.tokens import TokenLayout
 
 def sample_tokens(rng: np.random.Generator, cls_index: int, context_length: int, vocab_size: int) -> np.ndarray:
-    bos, cls_id = vocab_size - 2, vocab_size - 1
-    words = 3 + (cls_index * 7 + np.arange(4)) % (vocab_size - 5)
-    n = int(rng.integers(2, min(6, context_length - 3) + 1))
-    caption = rng.choice(words, size=n)
-    seq = [bos, *caption.tolist(), EOS]
-    seq += [PAD] * (context_length - 1 - len(seq)) + [cls_id, PAD]
-    return np.asarray(seq, dtype=np.int32)
+    layout = TokenLayout(vocab_size)
+    words = layout.first_caption_id + (cls_index * 7 + np.arange(4)) % (vocab_size - 5)
+    n = int(rng.integers(2, min(6, layout.max_caption_tokens(context_length)) + 1))
+    return np.asarray(layout.sequence(rng.choice(words, size=n).tolist(), context_length)[0], dtype=np.int32)
 
 
 def sample_image(rng: np.random.Generator, cls_index: int, size: int) -> bytes:
@@ -52,23 +49,20 @@ def write_split(out: Path, dataset: str, split: str, samples: int, *, samples_pe
     for number, start in enumerate(range(0, samples, samples_per_shard)):
         name = f"shard-{number:05d}-0000.tar"
         count = min(samples_per_shard, samples - start)
-        with tarfile.open(out / name, "w") as tar:
-            for i in range(start, start + count):
-                cls_index = int(rng.integers(classes))
-                key = f"{dataset}-{split}-{number:05d}-{i:07d}"
-                tokens = io.BytesIO()
-                np.save(tokens, sample_tokens(rng, cls_index, context_length, vocab_size))
-                jpg = b"not a jpeg at all" if i in corrupt else sample_image(rng, cls_index, image_size)
-                fields = {"jpg": jpg, "tokens.npy": tokens.getvalue(), "txt": f"class {cls_index}".encode(),
-                          "json": json.dumps({"dataset": dataset, "split": split, "image_id": str(i)}).encode()}
-                for ext, data in fields.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        members = []
+        for i in range(start, start + count):
+            cls_index = int(rng.integers(classes))
+            tokens = io.BytesIO()
+            np.save(tokens, sample_tokens(rng, cls_index, context_length, vocab_size))
+            jpg = b"not a jpeg at all" if i in corrupt else sample_image(rng, cls_index, image_size)
+            members.append((f"{dataset}-{split}-{number:05d}-{i:07d}", {
+                "jpg": jpg, "tokens.npy": tokens.getvalue(), "txt": f"class {cls_index}".encode(),
+                "json": json.dumps({"dataset": dataset, "split": split, "image_id": str(i)}).encode()}))
+        write_tar(out / name, members)  # the shard stage's own writer
         shards.append({"file": name, "samples": count})
     manifest = {"dataset": dataset, "split": split, "samples": samples, "shards": shards,
                 "image_size": image_size, "context_length": context_length, "skipped": {}}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 
@@ -89,13 +83,9 @@ PHASES = {
 
 
 def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    from pipeline.config import _deep_merge
 
-
-
+    return _deep_merge(base, over)
 
 
 def params(**train) -> dict:
@@ -125,7 +115,8 @@ def pretrain_spec(data: Path, work: Path):
 def stage_command(work: Path, data: Path, nproc: int, params: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             str(REPO / "stages/pretrain.py"), "--params", str(params), "--train", str(data / "cc12m/train"),
-            "--val", str(data / "cc12m/val"), "--out", str(work / "out"), "--state", str(work / "state"),
+            "--val", str(data / "cc12m/val"), "--tokenizer", str(work / "tokenizer"), "--out", str(work / "out"),
+            "--state", str(work / "state"),
             "--metrics", str(work / "metrics/pretrain.json"), "--curve", str(work / "metrics/pretrain_val.tsv")]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from support.trainkit import run_stage, stage_command, stage_env, write_params
 
 # Global batch 8 in both: 8 x 1 process or 4 x 2 processes (x 2 accumulation steps), 2 data streams.
@@ -56,6 +57,9 @@ def _children(pid: int) -> list[int]:
 
 
 def test_sigkill_mid_epoch_then_restart_gives_the_same_weights(tmp_path, data, mlflow_uri, two_processes):
+    """Both training processes are killed mid-epoch; meanwhile a user edits keys pre-training does not
+    read (fine-tuning's LR, the beam width). The rerun resumes and ends bitwise where an uninterrupted
+    run ends."""
     params = write_params(tmp_path / "params.yaml", **{**TWO, "ckpt_every_steps": 1})
     summary = tmp_path / "state/last.json"
     proc = subprocess.Popen(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
@@ -78,6 +82,10 @@ def test_sigkill_mid_epoch_then_restart_gives_the_same_weights(tmp_path, data, m
     killed_at = json.loads(summary.read_text())
     killed_run = torch.load(tmp_path / "state/last.pt", weights_only=True)["train"]["run_id"]
     assert not (tmp_path / "out/final.pt").exists()
+    edited = yaml.safe_load(params.read_text())
+    edited["finetune"]["lr_max"] = 5.0e-4
+    edited["evaluate"] = {"num_beams": 5}
+    params.write_text(yaml.safe_dump(edited))
 
     restarted = subprocess.run(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
                                capture_output=True, text=True, timeout=600)

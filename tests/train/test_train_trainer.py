@@ -70,7 +70,7 @@ class ScriptedValidation:
     def __init__(self, losses):
         self.losses, self.seen = list(losses), []
 
-    def __call__(self, model, loader, phase, model_cfg, device, amp):
+    def __call__(self, model, loader, loss_fn, device, amp):
         self.seen.append({k: v.clone() for k, v in model.state_dict().items()})
         loss = self.losses.pop(0)
         return {"coca_loss": loss, "caption_loss": loss / 2, "perplexity": math.exp(loss / 2),
@@ -120,11 +120,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
     calls = {"n": 0}
 
     class Exploding(loop.CoCaLoss):
-        def forward(self, outputs, targets):
+        def forward(self, outputs, targets, global_tokens=None):
             calls["n"] += 1
-            losses = super().forward(outputs, targets)
+            losses = super().forward(outputs, targets, global_tokens)
             if calls["n"] == 7:  # step 4, first micro-batch
-                losses["caption_loss"] = losses["caption_loss"] * float("nan")
+                losses["caption_share"] = losses["caption_share"] * float("nan")
             return losses
 
     monkeypatch.setattr(loop, "CoCaLoss", Exploding)
@@ -156,8 +156,27 @@ def test_state_of_another_configuration_is_not_resumed(tmp_path, data, mlflow_en
         with pytest.raises(Stop):
             train(build_cfg(), pretrain_spec(data, tmp_path))
     assert (tmp_path / "state/last.pt").exists()
+    first = json.loads((tmp_path / "state/last.json").read_text())
     with monkeypatch.context() as mp:
         mp.setattr(loop.Trainer, "_run_epoch", stop_after_start)
         with pytest.raises(Stop):
             train(build_cfg(seed=1), pretrain_spec(data, tmp_path))
-    assert "belongs to another configuration: starting afresh" in capsys.readouterr().out
+    assert "belongs to another configuration or data: starting afresh" in capsys.readouterr().out
+    second = json.loads((tmp_path / "state/last.json").read_text())
+    assert second["fingerprint"] != first["fingerprint"] and (second["step"], second["epoch"]) == (0, 0)
+
+
+def test_the_trainer_clamps_the_logit_scale_after_each_step(tmp_path, data, mlflow_env, monkeypatch):
+    """A temperature parameter above the cap is brought back to ln(100) by the first optimiser step
+    (inside forward alone it would stay above, with no gradient)."""
+
+    class HotCoCa(loop.CoCa):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            with torch.no_grad():
+                self.logit_scale.fill_(math.log(100) + 1.0)
+
+    monkeypatch.setattr(loop, "CoCa", HotCoCa)
+    train(build_cfg(pretrain={"epochs": 1}), pretrain_spec(data, tmp_path))
+    weights = torch.load(tmp_path / "out/final.pt", weights_only=True)["model"]
+    assert float(weights["logit_scale"]) <= math.log(100) + 1e-6

@@ -6,7 +6,8 @@ import pytest
 import torch
 from support.trainkit import write_split
 
-from pipeline.data.loader import IMAGENET_MEAN, IMAGENET_STD, TrainLoader, ValLoader
+from pipeline.data.loader import TrainLoader, ValLoader
+from pipeline.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 def loader(path, **kw) -> TrainLoader:

@@ -1,0 +1,111 @@
+"""The model checkpoint format, written and read here only: a training stage's `final.pt` / `best.pt`.
+
+    format          FORMAT below; a file of another format is refused with a message
+    model           the weights (state_dict)
+    model_config    ModelConfig as a dict: the architecture, enough to rebuild the model
+    tokenizer_files the tokenizer's saved files by name, so inference needs nothing else
+    phase, dataset, mlflow_run_id, epoch, step, val, train_config   where the weights come from
+
+Files are written atomically and read with `torch.load(weights_only=True)`: everything in them is
+tensors or plain Python values, so loading one runs no code. The trainer writes them (`save_model`),
+fine-tuning starts from one (`load_init`), inference and evaluation load one (`load_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.io import atomic_write
+from pipeline.model.coca import CoCa
+from pipeline.model.config import ModelConfig
+
+FORMAT = 2
+# Keys of format 1's model_config that are no longer part of the architecture: dropout belongs to
+# the training phase, the special ids follow from vocab_size (pipeline/tokens.py).
+_FORMAT1_KEYS = ("dropout", "pad_id", "eos_id", "bos_id", "cls_id")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable grr-coca model checkpoint."""
+
+
+@dataclass
+class ModelCheckpoint:
+    path: Path
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    tokenizer_files: dict[str, str]
+    meta: dict[str, Any]  # phase, dataset, mlflow_run_id, epoch, step, val, train_config
+
+    def build(self, dropout: float = 0.0, device: torch.device | str = "cpu") -> CoCa:
+        """The model with these weights; a mismatch between weights and configuration is refused."""
+        model = CoCa(self.config, dropout=dropout)
+        try:
+            model.load_state_dict(self.weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"{self.path}: weights do not match its model configuration: {e}") from None
+        return model.to(device)
+
+
+def save_model(path: str | Path, weights: dict[str, torch.Tensor], config: ModelConfig, *,
+               tokenizer_dir: str | Path | None = None, **meta: Any) -> Path:
+    payload = {"format": FORMAT, "model": weights, "model_config": config.to_dict(),
+               "tokenizer_files": tokenizer_files(tokenizer_dir), **_plain(meta)}
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelCheckpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and weights_only errors all mean: not ours
+        raise CheckpointError(f"{path}: not a readable checkpoint: {type(e).__name__}: {e}") from None
+    if not isinstance(payload, dict) or "model" not in payload or "model_config" not in payload:
+        raise CheckpointError(f"{path}: not a grr-coca model checkpoint (no 'model' and 'model_config' entries)")
+    version = payload.pop("format", 1)
+    if version not in (1, FORMAT):
+        raise CheckpointError(f"{path}: checkpoint format {version!r}; this version reads formats 1 and {FORMAT}")
+    saved = {k: v for k, v in payload.pop("model_config").items() if not (version == 1 and k in _FORMAT1_KEYS)}
+    try:
+        config = ModelConfig(**saved)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model configuration is not valid here: {e}") from None
+    return ModelCheckpoint(path, config, payload.pop("model"), payload.pop("tokenizer_files", None) or {}, payload)
+
+
+def load_init(path: str | Path, model: CoCa) -> dict[str, Any]:
+    """Load pre-trained weights into `model` (fine-tuning's start), refusing another architecture.
+    Returns where they come from (path, MLflow run id, step, phase)."""
+    ckpt = load_model(path)
+    if ckpt.config != model.cfg:
+        ours = model.cfg.to_dict()
+        diff = {k: (v, ours.get(k)) for k, v in ckpt.config.to_dict().items() if ours.get(k) != v}
+        raise CheckpointError(f"{path}: pre-trained with another model configuration (saved, now): {diff}")
+    model.load_state_dict(ckpt.weights)
+    return {"path": str(path), "run_id": ckpt.meta.get("mlflow_run_id"), "step": ckpt.meta.get("step"),
+            "phase": ckpt.meta.get("phase")}
+
+
+def tokenizer_files(directory: str | Path | None) -> dict[str, str]:
+    """A saved tokenizer's files (save_pretrained's JSON and text files), by name."""
+    if directory is None or not Path(directory).is_dir():
+        return {}
+    return {p.name: p.read_text() for p in sorted(Path(directory).iterdir()) if p.is_file()}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, dataclasses -> dicts (weights_only checkpoints hold plain types)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,139 @@
+"""Exact resume (torchtitan's shape): the trainer registers its stateful parts once, and the
+`Checkpointer` saves and restores all of them, at any optimiser step.
+
+    <state_dir>/last.pt    the resumable state: every registered part's `state_dict()`; the parts
+                           that differ between processes (RNG, loader position) once per process;
+                           and the fingerprint of what the run's result depends on
+    <state_dir>/last.json  a small summary of last.pt (step, epoch, fingerprint), written after it
+    <state_dir>/best.pt    the best epoch's model (and optimizer, when a soft reset may reload it)
+
+The state directory is not a DVC output (DVC deletes outputs before it reruns a stage): the
+stage's outputs (pipeline/checkpoint.py) are written only when training has finished. A state of
+another fingerprint is left alone until the new run writes its first checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from pipeline.io import atomic_write, write_json
+
+from .parallelize import all_gather_object, barrier
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def fingerprint(sections: dict[str, Any], world_size: int, inputs: list[Path]) -> str:
+    """What a run's result depends on: the params sections its stage declares in dvc.yaml (model,
+    train and its phase), the number of processes (the data order and the RNG streams depend on it),
+    and its inputs' contents (shard manifests, the initial weights). Nothing else: editing an
+    `evaluate:` or another phase's key keeps an interrupted run resumable."""
+    digest = hashlib.sha256(json.dumps({"sections": sections, "world_size": world_size},
+                                       sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(str(Path(path).name).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load(path: Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+class RNGState:
+    """This process's Python, NumPy, torch and CUDA generators, as a stateful part."""
+
+    def state_dict(self) -> dict:
+        version, mt, gauss = random.getstate()
+        np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        return {
+            "python": [version, list(mt), gauss],
+            "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        version, mt, gauss = state["python"]
+        random.setstate((version, tuple(mt), gauss))
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"].cpu())
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- the checkpointer
+
+
+class Checkpointer:
+    """`shared` parts are the same on every process (process 0 writes them); `per_process` parts are
+    gathered from every process and each restores its own. Every process calls save() and load()."""
+
+    def __init__(self, state_dir: str | Path, fingerprint: str, *, is_main: bool, rank: int,
+                 shared: dict[str, Stateful], per_process: dict[str, Stateful]):
+        self.state_dir, self.fingerprint = Path(state_dir), fingerprint
+        self.is_main, self.rank = is_main, rank
+        self.shared, self.per_process = shared, per_process
+        self.last, self.best = self.state_dir / "last.pt", self.state_dir / "best.pt"
+
+    def save(self) -> None:
+        parts = all_gather_object({name: part.state_dict() for name, part in self.per_process.items()})
+        if self.is_main:
+            state = {name: part.state_dict() for name, part in self.shared.items()}
+            save({"fingerprint": self.fingerprint, **state, "per_process": parts}, self.last)
+            summary = {k: v for k, v in state.get("train", {}).items() if k in ("epoch", "step", "step_in_epoch", "done")}
+            write_json(self.last.with_suffix(".json"), {**summary, "fingerprint": self.fingerprint})
+        barrier()
+
+    def load(self, device: torch.device) -> str:
+        """Restore every part from last.pt: 'resumed', 'none' (no state) or 'other' (a state of another
+        fingerprint, left in place until this run's first save replaces it)."""
+        if not self.last.exists():
+            return "none"
+        state = load(self.last, device)
+        if state.get("fingerprint") != self.fingerprint:
+            return "other"
+        for name, part in self.shared.items():
+            part.load_state_dict(state[name])
+        mine = state["per_process"][self.rank]
+        for name, part in self.per_process.items():
+            part.load_state_dict(mine[name])
+        return "resumed"
+
+    def save_best(self, state: dict) -> None:
+        save(state, self.best)
+
+    def load_best(self, device: torch.device | str) -> dict:
+        return load(self.best, device)
+
+    def clear(self) -> None:
+        """After a finished run: the next run of the stage starts afresh."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)
