@@ -226,10 +226,11 @@ class NullTracker(Tracker):
         super().__init__([])
 
 
-def start_run(*, root: Path, run_name: str, tags: dict[str, str], params: dict[str, Any], run_id: str | None,
+def start_run(root: Path, tags: dict[str, str], params: dict[str, Any], run_id: str | None,
               metrics_json: Path | None, val_tsv: Path | None = None) -> Tracker:
-    """A tracker for one stage: MLflow (a new run, or `run_id` continued) and the stage's metrics files."""
-    mlflow_run = MLflowBackend(tracking_uri(root), root, run_name, tags, params, run_id)
+    """A tracker for one stage: MLflow (a new run named by tags["mlflow.runName"], or `run_id`
+    continued) and the stage's metrics files."""
+    mlflow_run = MLflowBackend(tracking_uri(root), root, tags["mlflow.runName"], tags, params, run_id)
     return Tracker([mlflow_run, MetricsFilesBackend(metrics_json, val_tsv)])
 
 
@@ -245,7 +246,7 @@ def attach(run_id: str | None, *, root: Path, metrics_json: Path | None) -> Trac
     return Tracker(backends)
 
 
-def run_description(cfg: Any, spec: Any, init_meta: dict, *, world_size: int, device: str,
+def run_description(cfg: Any, spec: Any, init_meta: dict, world_size: int, device: str,
                     extra: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
     """(tags, params) of a training stage's MLflow run: every resolved parameter, plus where the run
     comes from (git commit, DVC experiment, the DVC hashes of its inputs, the pre-training run)."""

@@ -1,22 +1,18 @@
-"""The training loop: one phase (pre-training or one fine-tune), from scratch or from a checkpoint,
-resumable at any optimiser step. Every process runs `train()`; process 0 also writes and tracks.
+"""The training loop: one phase (pre-training or one fine-tune), resumable at any optimiser step.
+Every process runs `train()`; process 0 also writes and tracks. The parts (loss, optimiser, schedule,
+early stopping, loader, checkpointer, tracker) each own their concept; this file runs them in order.
 
-Per optimiser step: grad_accum_steps micro-batches, DDP's all-reduce only on the last (no_sync);
-each micro-batch backpropagates `CoCaLoss`'s objective (exact across processes: see
-pipeline/model/losses.py); then gradient clipping, the LR of the schedule, AdamW, and the logit
-scale clamped in place. A non-finite loss or gradient norm stops training before the optimiser
-step, so the last checkpoint stays good. The parts (loss, optimiser, schedule, early stopping,
-loader, checkpointer, tracker) each own their concept; this file only runs them in order.
+Per optimiser step: grad_accum_steps micro-batches, DDP's all-reduce only on the last (no_sync), each
+backpropagating CoCaLoss's objective (exact across processes); gradient clipping, the schedule's LR,
+AdamW, the logit scale clamped in place. A non-finite loss or gradient norm stops training before the
+update, so the last checkpoint stays good.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,55 +25,20 @@ from pipeline.tracking import NullTracker, repo_root, run_description, start_run
 
 from . import early_stopping as es
 from .optim import build_optimizer, set_lr
-from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, barrier, broadcast_object, effective_precision,
-                          init_distributed, no_sync, parallelize)
+from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, barrier, broadcast_object,
+                          effective_precision, init_distributed, no_sync, parallelize)
 from .resume import Checkpointer, RNGState, fingerprint, seed_everything
 from .schedule import build_schedule
+from .state import RunSpec, TrainState
 from .validate import validate
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
-
-
-@dataclass
-class RunSpec:
-    """What one stage trains, and where its inputs and outputs are (all paths from dvc.yaml)."""
-
-    phase: str  # pretrain | finetune
-    dataset: str
-    train_shards: Path
-    val_shards: Path
-    out_dir: Path  # final.pt, best.pt (DVC outputs)
-    state_dir: Path  # resumable state (not a DVC output)
-    metrics_json: Path
-    val_tsv: Path
-    tokenizer: Path | None = None  # travels inside the output checkpoints
-    init: Path | None = None  # fine-tuning: the pre-trained checkpoint
-    repo: Path = Path(".")  # where dvc.lock and .git are (the working copy)
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # the epoch to run next (or being run)
-    step: int = 0  # optimiser steps done in the whole phase
-    step_in_epoch: int = 0
-    steps_in_epoch: int = 1
-    done: bool = False  # early stopping ended training
-    run_id: str | None = None
-    history: list = field(default_factory=list)  # validation results (the curve)
-    best_val: dict | None = None
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+    """A non-finite loss or gradient norm: training stops before the step's update."""
 
 
 def log(d: Dist, message: str) -> None:
-    if d.is_main:
+    if d.is_main and message:
         print(message, flush=True)
 
 
@@ -103,17 +64,14 @@ class Trainer:
         self.loader = TrainLoader.from_config(spec.train_shards, tcfg, cfg.model, rank=d.rank, world_size=d.world_size)
         self.val_loader = ValLoader.from_config(spec.val_shards, tcfg, cfg.model, rank=d.rank, world_size=d.world_size)
         self.state = TrainState()
-        sections = {name: dataclasses.asdict(getattr(cfg, name)) for name in ("model", "train", spec.phase)}
+        sections = {name: cfg.to_dict()[name] for name in ("model", "train", spec.phase)}  # dvc.yaml's params
         inputs = [spec.train_shards / "manifest.json", spec.val_shards / "manifest.json", *filter(None, [spec.init])]
         self.ckpt = Checkpointer(spec.state_dir, fingerprint(sections, d.world_size, inputs), is_main=d.is_main,
                                  rank=d.rank, per_process={"rng": RNGState(), "loader": self.loader},
                                  shared={"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule,
                                          "early_stopping": self.stopper, "train": self.state})
         self.tracker = NullTracker()
-
-    @property
-    def global_batch(self) -> int:
-        return self.tcfg.micro_batch_size * self.d.world_size * self.tcfg.grad_accum_steps
+        self.global_batch = tcfg.micro_batch_size * d.world_size * tcfg.grad_accum_steps
 
     def run(self) -> dict[str, float]:
         d, tcfg = self.d, self.tcfg
@@ -121,10 +79,8 @@ class Trainer:
         self._start_tracking()
         status = "FAILED"
         try:
-            log(d, f"[{self.spec.phase}] {d.world_size} process(es) on {d.device.type}, "
-                   f"{effective_precision(tcfg, d.device)}, global batch {self.global_batch} "
-                   f"({tcfg.micro_batch_size} x {d.world_size} x {tcfg.grad_accum_steps}), "
-                   f"{self.loader.streams} data streams, MLflow run {self.state.run_id}")
+            log(d, f"[{self.spec.phase}] {d.world_size} process(es) on {d.device.type}, global batch "
+                   f"{self.global_batch} in {self.loader.streams} data streams, MLflow run {self.state.run_id}")
             if not resumed and tcfg.val_at_start:
                 self._validate("start")
                 self._save_last()
@@ -142,36 +98,30 @@ class Trainer:
         if len(starts) > 1:
             raise RuntimeError(f"processes disagree on where to start ({sorted(starts)}): the state directory "
                                f"{self.spec.state_dir} must be shared by all nodes")
+        st, last = self.state, self.ckpt.last
+        log(self.d, {"other": f"{last} belongs to another configuration or data: starting afresh", "none": "",
+                     "resumed": f"resuming from {last}: epoch {st.epoch}, step {st.step} ({st.step_in_epoch} "
+                                "into the epoch)"}[outcome])
         if outcome != "resumed":
-            if outcome == "other":
-                log(self.d, f"{self.ckpt.last} belongs to another configuration or data: starting afresh")
             seed_everything(self.tcfg.seed + 1 + self.d.rank)  # dropout differs between processes
-            return False
-        log(self.d, f"resuming from {self.ckpt.last}: epoch {self.state.epoch}, step {self.state.step} "
-                    f"({self.state.step_in_epoch} into the epoch)")
-        return True
+        return outcome == "resumed"
 
     def _start_tracking(self) -> None:
         """Process 0 opens (or continues) the MLflow run; an error there stops every process."""
-        error, run_id = None, None
-        if self.d.is_main:
-            try:
-                tags, params = run_description(self.cfg, self.spec, self.init_meta, world_size=self.d.world_size,
-                                               device=self.d.device.type, extra={
-                                                   "run.global_batch_size": self.global_batch,
-                                                   "run.data_streams": self.loader.streams,
-                                                   "run.precision": effective_precision(self.tcfg, self.d.device)})
-                self.tracker = start_run(root=repo_root(self.spec.repo), tags=tags, params=params,
-                                         run_name=tags["mlflow.runName"], run_id=self.state.run_id,
-                                         metrics_json=self.spec.metrics_json, val_tsv=self.spec.val_tsv)
-                run_id = self.tracker.run_id
-            except Exception as e:  # noqa: BLE001 - reported to every process, then raised
-                error = str(e)
-        error, self.state.run_id = broadcast_object((error, run_id))
+        error, d = None, self.d
+        extra = {"run.global_batch_size": self.global_batch, "run.data_streams": self.loader.streams,
+                 "run.precision": effective_precision(self.tcfg, d.device)}
+        try:
+            if d.is_main:
+                tags, params = run_description(self.cfg, self.spec, self.init_meta, d.world_size, d.device.type, extra)
+                self.tracker = start_run(repo_root(self.spec.repo), tags, params, self.state.run_id,
+                                         self.spec.metrics_json, self.spec.val_tsv)
+        except Exception as e:  # noqa: BLE001 - reported to every process, then raised
+            error = str(e)
+        error, self.state.run_id = broadcast_object((error, self.tracker.run_id))
         if error:
             raise RuntimeError(error)
 
-    # ------------------------------------------------------------------------------ epochs
     def _run_epoch(self) -> None:
         d, tcfg, st = self.d, self.tcfg, self.state
         st.steps_in_epoch = steps = self.loader.steps_in_epoch(st.epoch)
@@ -185,8 +135,7 @@ class Trainer:
                 if st.step % tcfg.log_every_steps == 0 or st.step_in_epoch == steps:
                     self.tracker.flush()
                     log(d, f"epoch {st.epoch + 1}/{self.phase.epochs} step {st.step_in_epoch}/{steps} (total "
-                           f"{st.step}): " + " ".join(f"{k} {metrics[k]:.4g}" for k in (
-                               "coca_loss", "caption_loss", "contrastive_loss", "lr", "grad_norm", "samples_per_s")))
+                           f"{st.step}): " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
                 if st.step_in_epoch < steps:
                     if tcfg.val_every_steps and st.step % tcfg.val_every_steps == 0:
                         self._validate("step")
@@ -204,11 +153,10 @@ class Trainer:
                     f" (best {self.stopper.best:.4f} at epoch {self.stopper.best_epoch + 1}, LR level {self.stopper.level})")
         if decision == es.IMPROVED:
             st.best_val = {**val, "epoch": st.epoch + 1, "step": st.step}
-            if self.d.is_main:
-                best = {"model": self.model.state_dict(), "epoch": st.epoch + 1, "step": st.step, "val": val}
-                if self.phase.early_stopping:  # a soft reset reloads the optimizer too
-                    best["optimizer"] = self.optimizer.state_dict()
-                self.ckpt.save_best(best)
+            if self.d.is_main:  # with early stopping a soft reset reloads the optimizer too
+                optimizer = {"optimizer": self.optimizer.state_dict()} if self.phase.early_stopping else {}
+                self.ckpt.save_best({"model": self.model.state_dict(), "epoch": st.epoch + 1, "step": st.step,
+                                     "val": val, **optimizer})
         elif decision == es.SOFT_RESET:
             barrier()
             best = self.ckpt.load_best(self.d.device)
@@ -222,7 +170,6 @@ class Trainer:
         st.step_in_epoch = 0
         self._save_last()
 
-    # ------------------------------------------------------------------------------ one step
     def _train_step(self, batches, steps: int) -> dict[str, float]:
         d, tcfg, st = self.d, self.tcfg, self.state
         start = time.perf_counter()
@@ -231,7 +178,7 @@ class Trainer:
         lr = self.schedule.lr(st.step, st.step_in_epoch, steps)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
-        con, cap = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
+        con = cap = torch.zeros((), device=d.device)
         for j, batch in enumerate(micro):
             batch = batch.to(d.device)
             with no_sync(self.ddp_model, sync=j == len(micro) - 1):
@@ -239,8 +186,7 @@ class Trainer:
                     out = self.ddp_model(batch.images, batch.text)
                 losses = self.loss_fn(out, batch.targets, global_tokens[j])
                 (losses["loss"] / len(micro)).backward()
-            con += losses["contrastive_loss"] / len(micro)
-            cap += losses["caption_share"] / len(micro)
+            con, cap = con + losses["contrastive_loss"] / len(micro), cap + losses["caption_share"] / len(micro)
         cap_global, con_sum, bad, corrupt = all_reduce_sum(
             [cap.item(), con.item(), float(not (math.isfinite(con.item()) and math.isfinite(cap.item()))),
              self.loader.corrupt_total], d.device)
@@ -259,25 +205,21 @@ class Trainer:
 
     def _fail(self, what: str) -> None:
         st = self.state
-        raise NonFiniteLoss(
-            f"{what} at epoch {st.epoch + 1}, step {st.step + 1} ({st.step_in_epoch + 1} into the epoch): training "
-            f"stopped before this step's update. The last good checkpoint is {self.ckpt.last}; rerunning resumes "
-            f"from it and will meet the same data, so lower the learning rate or check the data first.")
+        raise NonFiniteLoss(f"{what} at epoch {st.epoch + 1}, step {st.step + 1} ({st.step_in_epoch + 1} into the "
+                            f"epoch): training stopped before this step's update. The last good checkpoint is "
+                            f"{self.ckpt.last}; rerunning resumes from it and will meet the same data, so lower "
+                            "the learning rate or check the data first.")
 
-    # ------------------------------------------------------------------------------ validation, outputs
     def _validate(self, kind: str) -> dict[str, float]:
         st = self.state
         val = validate(self.model, self.val_loader, self.loss_fn, self.d.device, self.amp)
         epoch = {"start": 0, "step": st.epoch + st.step_in_epoch / st.steps_in_epoch, "epoch": st.epoch + 1}[kind]
         st.history.append({"step": st.step, "epoch": epoch, "kind": kind, **val, "lr_level": self.stopper.level})
         self.tracker.log_val(st.step, val, st.history)
-        log(self.d, f"validation ({kind}, step {st.step}): coca {val['coca_loss']:.4f} caption {val['caption_loss']:.4f} "
-                    f"perplexity {val['perplexity']:.3f} contrastive {val['contrastive_loss']:.4f} "
-                    f"({val['samples']} samples, {val['corrupt_samples']} corrupt skipped)")
+        log(self.d, f"validation ({kind}, step {st.step}): " + " ".join(f"{k} {v:.4g}" for k, v in val.items()))
         return val
 
-    def _save_last(self) -> None:
-        """Metrics are flushed first, so every step a checkpoint covers is in MLflow."""
+    def _save_last(self) -> None:  # metrics first: every step a checkpoint covers is in MLflow
         self.tracker.flush()
         self.ckpt.save()
 
@@ -287,22 +229,22 @@ class Trainer:
         use_best = self.phase.early_stopping and st.best_val is not None
         last = next(h for h in reversed(st.history) if h["kind"] == "epoch")
         final_val = st.best_val if use_best else {**last, "epoch": st.epoch, "step": st.step}
-        final = {k: final_val[k] for k in ("coca_loss", "caption_loss", "perplexity", "contrastive_loss")}
-        final.update(epoch=final_val["epoch"], step=final_val["step"], epochs_run=st.epoch, steps_run=st.step)
+        final = {k: final_val[k] for k in ("coca_loss", "caption_loss", "perplexity", "contrastive_loss", "epoch",
+                                           "step")} | {"epochs_run": st.epoch, "steps_run": st.step}
         if d.is_main:
             meta = {"phase": spec.phase, "dataset": spec.dataset, "mlflow_run_id": st.run_id,
                     "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer}
             best = self.ckpt.load_best("cpu")
-            best_path = save_model(spec.out_dir / "best.pt", best["model"], self.cfg.model, **meta,
-                                   epoch=best["epoch"], step=best["step"], val=best["val"])
-            final_path = save_model(spec.out_dir / "final.pt", best["model"] if use_best else self.model.state_dict(),
-                                    self.cfg.model, **meta, epoch=final["epoch"], step=final["step"], val=final)
+            save_model(spec.out_dir / "best.pt", best["model"], self.cfg.model, **meta, epoch=best["epoch"],
+                       step=best["step"], val=best["val"])
+            save_model(spec.out_dir / "final.pt", best["model"] if use_best else self.model.state_dict(),
+                       self.cfg.model, **meta, epoch=final["epoch"], step=final["step"], val=final)
             self.tracker.log_final(st.step, final)
-            for path, where in ((final_path, "checkpoints"), (best_path, "checkpoints"), (spec.tokenizer, "tokenizer"),
+            for path, where in ((spec.out_dir, "checkpoints"), (spec.tokenizer, "tokenizer"),
                                 (spec.metrics_json, "metrics"), (spec.val_tsv, "metrics")):
                 self.tracker.log_artifact(path, where)
             log(d, f"[{spec.phase}] done: {json.dumps(final)}")
         barrier()
-        if d.is_main:
+        if d.is_main:  # finished: the next run of the stage starts afresh
             self.ckpt.clear()
         return final

@@ -1,0 +1,44 @@
+"""What one training stage runs (RunSpec: its inputs and outputs, all paths from dvc.yaml) and where
+it is (TrainState: the counters and the validation history, a stateful part of every checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RunSpec:
+    """What one stage trains, and where its inputs and outputs are (all paths from dvc.yaml)."""
+
+    phase: str  # pretrain | finetune
+    dataset: str
+    train_shards: Path
+    val_shards: Path
+    out_dir: Path  # final.pt, best.pt (DVC outputs)
+    state_dir: Path  # resumable state (not a DVC output)
+    metrics_json: Path
+    val_tsv: Path
+    tokenizer: Path | None = None  # travels inside the output checkpoints
+    init: Path | None = None  # fine-tuning: the pre-trained checkpoint
+    repo: Path = Path(".")  # where dvc.lock and .git are (the working copy)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # the epoch to run next (or being run)
+    step: int = 0  # optimiser steps done in the whole phase
+    step_in_epoch: int = 0
+    steps_in_epoch: int = 1
+    done: bool = False  # early stopping ended training
+    run_id: str | None = None
+    history: list = field(default_factory=list)  # validation results (the curve)
+    best_val: dict | None = None
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
