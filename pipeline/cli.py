@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from pipeline.config import DATASETS, ConfigError, build_config, load_config, preset_names
+from pipeline.config import ConfigError, build_config, load_config, preset_names
+from pipeline.names import DATASETS, EXPERIMENT
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -31,11 +32,41 @@ def cmd_download(args: argparse.Namespace) -> None:
     if not args.retry_failed:
         raise SystemExit("grr-coca download: the download itself runs with `dvc repro`; use --retry-failed here")
     cfg = load_config(args.params)
-    out = f"data/download/{args.dataset}"
+    paths = stage_options("download", args.dataset, args.dvc_yaml)
+    out = args.out or paths["--out"]
     retry_failed(out, cfg.data.download)
     report = download_report(out)
-    write_json(f"metrics/download/{args.dataset}.json", report)
+    write_json(args.report or paths["--report"], report)
     print(f"{args.dataset}: {report['success']}/{report['rows']} downloaded ({report['success_rate']:.1%})")
+
+
+def stage_options(stage: str, item: str, dvc_yaml: str = "dvc.yaml") -> dict[str, str]:
+    """The `--option value` pairs of a foreach stage's command in dvc.yaml, for one item: the paths
+    live in dvc.yaml only, and the CLI reads them from there."""
+    import shlex
+
+    import yaml
+
+    try:
+        cmd = yaml.safe_load(open(dvc_yaml))["stages"][stage]["do"]["cmd"].replace("${item}", item)
+    except (OSError, KeyError, TypeError) as e:
+        raise SystemExit(f"grr-coca: cannot read stage {stage!r} from {dvc_yaml} ({type(e).__name__}: {e}); "
+                         "run from the repository root or pass the paths") from None
+    words = shlex.split(cmd)
+    return {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """GRR-CoCa against Baseline CoCa from MLflow: reports/comparison.md and validation curves"""
+    from pipeline.report.compare import compare
+
+    pins = {e: ids for e, ids in (("grr", args.grr), ("baseline", args.baseline)) if ids}
+    try:
+        md = compare(args.tracking_uri, args.out, pins or None, experiment=args.experiment)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"grr-coca compare: {e}") from None
+    missing = md.read_text().count("> **Missing**")
+    print(f"wrote {md}" + (f" ({missing} run(s) missing: see the report)" if missing else ""))
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> str:
@@ -55,10 +86,11 @@ def resolve_checkpoint(args: argparse.Namespace) -> str:
 
 def cmd_caption(args: argparse.Namespace) -> None:
     """Caption images with a trained checkpoint."""
-    from pipeline.evaluate.inference import CheckpointError, caption_images, load_checkpoint, load_images
+    from pipeline.evaluate.inference import (CheckpointError, caption_images, load_checkpoint, load_images,
+                                             pick_device)
 
     try:
-        loaded = load_checkpoint(resolve_checkpoint(args))
+        loaded = load_checkpoint(resolve_checkpoint(args), device=pick_device(args.device))
         images = load_images(args.images, loaded.model.cfg.image_size)
     except CheckpointError as e:
         raise SystemExit(f"grr-coca caption: {e}") from None
@@ -70,13 +102,13 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
     """Rank the images of a folder by how well they match a text."""
     from pathlib import Path
 
-    from pipeline.evaluate.inference import CheckpointError, load_checkpoint, load_images, rank_images
+    from pipeline.evaluate.inference import CheckpointError, load_checkpoint, load_images, pick_device, rank_images
 
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
     if not paths:
         raise SystemExit(f"grr-coca retrieve: no .jpg/.jpeg/.png/.webp images in {args.images}")
     try:
-        loaded = load_checkpoint(resolve_checkpoint(args))
+        loaded = load_checkpoint(resolve_checkpoint(args), device=pick_device(args.device))
         ranking = rank_images(loaded, load_images(paths, loaded.model.cfg.image_size), args.query)
     except CheckpointError as e:
         raise SystemExit(f"grr-coca retrieve: {e}") from None
@@ -89,6 +121,7 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a final.pt or best.pt written by the pretrain or finetune stage")
     source.add_argument("--run", help="an MLflow run id: its checkpoints/final.pt artifact is used")
     p.add_argument("--tracking-uri", help="for --run (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU when there is one")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,14 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help=cmd_download.__doc__)
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--retry-failed", action="store_true", help="re-download only the rows that failed")
+    p.add_argument("--out", help="the download folder (default: the download stage's --out in dvc.yaml)")
+    p.add_argument("--report", help="the report JSON (default: the download stage's --report in dvc.yaml)")
+    p.add_argument("--dvc-yaml", default="dvc.yaml", help="where the stage paths are read from")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_download)
 
-    from pipeline.evaluate.report import add_arguments, run_compare
-
-    p = add_arguments(sub.add_parser("compare", help="GRR-CoCa against Baseline CoCa from MLflow: "
-                                                     "reports/comparison.md and validation curves"))
-    p.set_defaults(func=run_compare)
+    p = sub.add_parser("compare", help=cmd_compare.__doc__)
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default: %(default)s)")
+    p.add_argument("--out", default="reports", help="output directory (default: %(default)s)")
+    p.add_argument("--grr", action="append", default=[], metavar="RUN_ID",
+                   help="pin a GRR-CoCa run by id (repeatable); a pre-training run also selects the fine-tuning "
+                        "runs tagged pretrain_run_id=RUN_ID")
+    p.add_argument("--baseline", action="append", default=[], metavar="RUN_ID",
+                   help="pin a Baseline CoCa run by id (repeatable), as --grr")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("caption", help=cmd_caption.__doc__)
     p.add_argument("images", nargs="+")

@@ -20,8 +20,8 @@ from pipeline.io import write_json  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", default="data/raw/demo")
-    parser.add_argument("--summary", default="metrics/demo_data.json")
+    parser.add_argument("--out", required=True, help="folder for the generated datasets")
+    parser.add_argument("--summary", required=True, help="metrics JSON")
     args = parser.parse_args()
 
     cfg = load_config(args.params)

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import DATASETS, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.download import download, download_report, retry_failed  # noqa: E402
 from pipeline.data.sources import read_source  # noqa: E402
 from pipeline.io import write_json  # noqa: E402

@@ -2,7 +2,8 @@
 
 Generates captions (beam search) for the validation images, scores BLEU-4 and CIDEr against all
 references, computes image<->text recall@1/5/10, and adds them (`eval/...`) to the checkpoint's own
-MLflow run, beside a Markdown sample of generated captions.
+MLflow run, beside a Markdown sample of generated captions. Runs on `train.device` (the GPU when
+there is one).
 """
 
 import argparse
@@ -13,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.evaluate.evaluation import evaluate, log_to_run, read_validation_set, samples_markdown  # noqa: E402
-from pipeline.evaluate.inference import load_checkpoint  # noqa: E402
-from pipeline.io import write_json  # noqa: E402
-from pipeline.tracking import repo_root, tracking_uri  # noqa: E402
+from pipeline.evaluate.evaluation import evaluate, read_validation_set, samples_markdown  # noqa: E402
+from pipeline.evaluate.inference import load_checkpoint, pick_device  # noqa: E402
+from pipeline.io import write_text  # noqa: E402
+from pipeline.tracking import attach, repo_root  # noqa: E402
 
 
 def main() -> None:
@@ -29,19 +30,18 @@ def main() -> None:
     parser.add_argument("--samples", required=True, help="Markdown file of generated captions")
     args = parser.parse_args()
 
-    cfg = load_config(args.params).evaluate
-    loaded = load_checkpoint(args.checkpoint)
-    val = read_validation_set(args.val, cfg.max_images)
-    metrics, shown = evaluate(loaded, val, cfg.num_beams, cfg.batch_size, cfg.samples_to_show)
-    write_json(args.metrics, metrics)
-    samples = Path(args.samples)
-    samples.parent.mkdir(parents=True, exist_ok=True)
-    samples.write_text(samples_markdown(f"{args.name}: generated captions (beam {cfg.num_beams})", shown))
-    print(f"{args.name}: {metrics}")
-
-    run_id = loaded.checkpoint.get("mlflow_run_id")
-    if run_id:
-        log_to_run(tracking_uri(repo_root()), run_id, metrics, samples)
+    cfg = load_config(args.params)
+    device = pick_device(cfg.train.device)
+    loaded = load_checkpoint(args.checkpoint, device=device)
+    val = read_validation_set(args.val, cfg.evaluate.max_images)
+    metrics, shown = evaluate(loaded, val, cfg.evaluate.num_beams, cfg.evaluate.batch_size,
+                              cfg.evaluate.samples_to_show)
+    write_text(args.samples, samples_markdown(f"{args.name}: generated captions (beam {cfg.evaluate.num_beams})", shown))
+    tracker = attach(loaded.checkpoint.meta.get("mlflow_run_id"), root=repo_root(), metrics_json=Path(args.metrics))
+    tracker.log_eval(metrics)
+    tracker.log_artifact(args.samples, "eval")
+    tracker.finish()
+    print(f"{args.name} on {device.type}: {metrics}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import DATASETS, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.shard import shard_split  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
 from pipeline.io import write_json  # noqa: E402

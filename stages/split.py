@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import DATASETS, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.download import successful_samples  # noqa: E402
 from pipeline.data.split import make_splits  # noqa: E402
 from pipeline.io import write_json  # noqa: E402

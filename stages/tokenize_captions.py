@@ -15,7 +15,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import DATASETS, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
 from pipeline.data.tokenizer import build_tokenizer, encode_captions  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
@@ -24,10 +25,10 @@ from pipeline.io import write_json  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--splits", default="data/splits", help="folder holding <dataset>/<split>.parquet")
-    parser.add_argument("--tokenizer-out", default="data/tokenizer")
-    parser.add_argument("--tokens-out", default="data/tokens", help="folder for <dataset>/<split>.npy")
-    parser.add_argument("--counts", default="metrics/tokenize.json")
+    parser.add_argument("--splits", required=True, help="folder holding <dataset>/<split>.parquet")
+    parser.add_argument("--tokenizer-out", required=True, help="folder for the saved tokenizer")
+    parser.add_argument("--tokens-out", required=True, help="folder for <dataset>/<split>.npy")
+    parser.add_argument("--counts", required=True, help="metrics JSON")
     args = parser.parse_args()
 
     cfg = load_config(args.params).data.tokenizer

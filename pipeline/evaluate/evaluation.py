@@ -5,22 +5,20 @@
 - image->text and text->image recall@1/5/10 over the whole split (an image's hit is any of its
   captions; a caption's single correct image is its own).
 
-The results go to the checkpoint's own MLflow run (`eval/...`), to a metrics JSON and, as a sample
-of generated captions beside their references, to a Markdown artifact.
+The stage sends the results through pipeline.tracking to the checkpoint's own MLflow run (`eval/...`)
+and to a metrics JSON, with a sample of generated captions beside their references as an artifact.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from pipeline.data.loader import Manifest, normalize, read_shards
+from pipeline.data.loader import CorruptSample, Manifest, decode_sample, read_shards
+from pipeline.data.preprocess import normalize
 from pipeline.evaluate.inference import LoadedModel, caption_images
 from pipeline.evaluate.metrics import caption_scores, retrieval_recall
 
@@ -32,33 +30,32 @@ class ValidationSet:
     image_ids: list[str] = field(default_factory=list)
     images: list[torch.Tensor] = field(default_factory=list)  # uint8 (3, S, S)
     references: dict[str, list[str]] = field(default_factory=dict)
-    caption_tokens: list[np.ndarray] = field(default_factory=list)
+    caption_tokens: list[torch.Tensor] = field(default_factory=list)  # int64 (context_length + 1,)
     caption_image: list[int] = field(default_factory=list)  # index into image_ids
     corrupt: int = 0
 
 
 def read_validation_set(shard_dir: str | Path, max_images: int = 0) -> ValidationSet:
+    """Every usable sample of a split's shards, decoded and checked as training decodes them
+    (pipeline.data.loader.decode_sample); an unusable one is skipped and counted."""
     manifest = Manifest.load(shard_dir)
     errors = [0]
     out, index = ValidationSet(), {}
     for sample in read_shards([manifest.root / name for name, _ in manifest.shards], errors):
         try:
-            meta = json.loads(sample["json"])
-            tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+            image_id = str(json.loads(sample["json"])["image_id"])
             caption = sample["txt"].decode()
-            image_id = str(meta["image_id"])
-            if image_id not in index:
-                if max_images and len(index) >= max_images:
-                    continue
-                with Image.open(io.BytesIO(sample["jpg"])) as image:
-                    pixels = np.array(image.convert("RGB"), dtype=np.uint8)
-                index[image_id] = len(out.image_ids)
-                out.image_ids.append(image_id)
-                out.images.append(torch.from_numpy(pixels).permute(2, 0, 1))
-                out.references[image_id] = []
-        except Exception:  # noqa: BLE001 - a corrupt sample is skipped and counted, as in training
+            if image_id not in index and max_images and len(index) >= max_images:
+                continue
+            pixels, tokens = decode_sample(sample, manifest.image_size, manifest.context_length)
+        except (CorruptSample, KeyError, ValueError):  # a corrupt sample is skipped and counted, as in training
             out.corrupt += 1
             continue
+        if image_id not in index:
+            index[image_id] = len(out.image_ids)
+            out.image_ids.append(image_id)
+            out.images.append(pixels)
+            out.references[image_id] = []
         out.references[image_id].append(caption)
         out.caption_tokens.append(tokens)
         out.caption_image.append(index[image_id])
@@ -71,16 +68,17 @@ def read_validation_set(shard_dir: str | Path, max_images: int = 0) -> Validatio
 @torch.no_grad()
 def evaluate(loaded: LoadedModel, val: ValidationSet, num_beams: int = 3, batch_size: int = 32,
              samples_to_show: int = 20) -> tuple[dict[str, float], list[dict]]:
-    """-> (metrics named as the report expects: bleu4, cider, i2t_r1..., t2i_r10; caption samples)."""
-    model = loaded.model
+    """-> (metrics named as the report expects: bleu4, cider, i2t_r1..., t2i_r10; caption samples).
+    Runs on the loaded model's device, `batch_size` images per beam search."""
+    model, device = loaded.model, loaded.device
     image_embeds, predictions = [], {}
     for start in range(0, len(val.images), batch_size):
-        images = normalize(torch.stack(val.images[start : start + batch_size]))
-        image_embeds.append(model.encode_image(images))
+        images = normalize(torch.stack(val.images[start : start + batch_size]).to(device))
+        image_embeds.append(model.encode_image(images).cpu())
         captions = caption_images(loaded, images, method="beam", num_beams=num_beams)
         predictions.update(zip(val.image_ids[start : start + batch_size], captions))
-    tokens = torch.from_numpy(np.stack(val.caption_tokens)).long()
-    text_embeds = torch.cat([model.encode_text(tokens[i : i + batch_size, :-1])
+    tokens = torch.stack(val.caption_tokens)
+    text_embeds = torch.cat([model.encode_text(tokens[i : i + batch_size, :-1].to(device)).cpu()
                              for i in range(0, len(tokens), batch_size)])
     metrics = {**caption_scores(predictions, val.references),
                **retrieval_recall(torch.cat(image_embeds), text_embeds, torch.tensor(val.caption_image))}
@@ -99,16 +97,3 @@ def samples_markdown(title: str, samples: list[dict]) -> str:
         refs = "<br>".join(cell(r) for r in s["references"])
         lines.append(f"| {s['image_id']} | {cell(s['generated'])} | {refs} |")
     return "\n".join(lines) + "\n"
-
-
-def log_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float], artifact: Path) -> None:
-    """Add the evaluation to the training run it belongs to (a finished run accepts more metrics)."""
-    import time
-
-    import mlflow
-    from mlflow.entities import Metric
-
-    client = mlflow.MlflowClient(tracking_uri)
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, 0) for k, v in metrics.items()])
-    client.log_artifact(run_id, str(artifact), "eval")

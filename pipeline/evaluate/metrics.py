@@ -1,4 +1,4 @@
-"""Evaluation metrics beyond the paper's losses (SPEC "What the pipeline adds beyond the paper").
+"""Evaluation metrics beyond the paper's losses (docs/paper.md §Choices where the paper is silent).
 
 - `caption_scores`: BLEU-4 and CIDEr with pycocoevalcap's own scorers. Their usual front end, the
   Stanford PTB tokenizer, needs Java; `ptb_tokenize` stands in for it in Python.

@@ -2,7 +2,6 @@
 
 import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -14,8 +13,10 @@ from pipeline.config import build_config
 from pipeline.data.tokenizer import build_tokenizer, encode_captions
 from pipeline.evaluate.evaluation import evaluate, read_validation_set
 from pipeline.evaluate.inference import CheckpointError, load_checkpoint
-from pipeline.model import CoCa
-from pipeline.train.loop import tokenizer_files
+from pipeline.checkpoint import save_model, tokenizer_files
+from pipeline.data.shard import write_tar
+from pipeline.io import write_json
+from pipeline.model.coca import CoCa
 
 CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
 
@@ -29,9 +30,11 @@ def checkpoint(tmp_path_factory):
     tokenizer.save_pretrained(root / "tokenizer")
     torch.manual_seed(0)
     model = CoCa(cfg)
-    path = root / "final.pt"
-    torch.save({"model": model.state_dict(), "model_config": cfg.to_dict(), "mlflow_run_id": None,
-                "tokenizer_files": tokenizer_files(root / "tokenizer")}, path)
+    with torch.no_grad():  # an untrained model that says "red" at every step: what decoding must print
+        model.multimodal.head.bias.zero_()
+        model.multimodal.head.bias[tokenizer.convert_tokens_to_ids("▁red")] = 20.0
+    path = save_model(root / "final.pt", model.state_dict(), cfg, tokenizer_dir=root / "tokenizer",
+                      mlflow_run_id=None)
     images = root / "images"
     images.mkdir()
     for i, colour in enumerate(["red", "blue", "green"]):
@@ -40,13 +43,14 @@ def checkpoint(tmp_path_factory):
 
 
 def test_caption_prints_one_caption_per_image(checkpoint, capsys):
-    _, path, images, _, _ = checkpoint
+    _, path, images, cfg, _ = checkpoint
     files = sorted(str(p) for p in images.iterdir())
     cli(["caption", *files, "--checkpoint", str(path), "--beams", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == files
-    # An untrained model's caption is arbitrary, but greedy and the beam are real generations: decoded text.
-    assert all(len(line.split("\t")) == 2 for line in lines)
+    # the biased model generates "red" until the length limit (context_length - 1 tokens), decoded as text
+    captions = [line.split("\t")[1] for line in lines]
+    assert captions == [" ".join(["red"] * (cfg.context_length - 1))] * len(files)
 
 
 def test_retrieve_ranks_every_image(checkpoint, capsys):
@@ -82,21 +86,17 @@ def test_evaluation_groups_captions_by_image(checkpoint, tmp_path):
     shards = tmp_path / "val"
     shards.mkdir()
     tokens, _ = encode_captions(tokenizer, CAPTIONS * 2, cfg.context_length)
-    with tarfile.open(shards / "shard-0.tar", "w") as tar:
-        for i in range(8):  # 4 images x 2 captions
-            image = io.BytesIO()
-            Image.new("RGB", (cfg.image_size,) * 2, (60 * (i % 4), 0, 0)).save(image, format="JPEG")
-            buffer = io.BytesIO()
-            np.save(buffer, tokens[i])
-            fields = {"jpg": image.getvalue(), "tokens.npy": buffer.getvalue(), "txt": CAPTIONS[i % 4].encode(),
-                      "json": json.dumps({"image_id": str(i % 4)}).encode()}
-            for ext, data in fields.items():
-                info = tarfile.TarInfo(f"s{i:03d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    (shards / "manifest.json").write_text(json.dumps({"shards": [{"file": "shard-0.tar", "samples": 8}],
-                                                       "image_size": cfg.image_size,
-                                                       "context_length": cfg.context_length}))
+    samples = []
+    for i in range(8):  # 4 images x 2 captions, in the shard stage's format
+        image = io.BytesIO()
+        Image.new("RGB", (cfg.image_size,) * 2, (60 * (i % 4), 0, 0)).save(image, format="JPEG")
+        buffer = io.BytesIO()
+        np.save(buffer, tokens[i])
+        samples.append((f"s{i:03d}", {"jpg": image.getvalue(), "tokens.npy": buffer.getvalue(),
+                                      "txt": CAPTIONS[i % 4].encode(), "json": json.dumps({"image_id": str(i % 4)}).encode()}))
+    write_tar(shards / "shard-0.tar", samples)
+    write_json(shards / "manifest.json", {"shards": [{"file": "shard-0.tar", "samples": 8}],
+                                          "image_size": cfg.image_size, "context_length": cfg.context_length})
     val = read_validation_set(shards)
     assert val.image_ids == ["0", "1", "2", "3"] and val.caption_image == [0, 1, 2, 3] * 2
     assert val.references["2"] == [CAPTIONS[2]] * 2

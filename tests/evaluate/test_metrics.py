@@ -14,7 +14,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from pipeline.evaluate.metrics import (caption_scores, coca_loss_consistency, ptb_tokenize, retrieval_recall,
                                        rounding_tolerance)
-from pipeline.evaluate.report import PAPER_TABLE2
+from pipeline.report.paper import PAPER_TABLE2
 
 # ------------------------------------------------------------------------------------------------ tokenizer
 
