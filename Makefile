@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test install clean-data
+.PHONY: demo test test-fast install clean-data
 
 # Create .venv if missing and (re)install the project when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -19,10 +19,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	dvc repro
 
-# Run the test suite. The MLflow UI test drives headless Chromium (Debian's package), installed when missing.
+# Run the whole test suite (CI runs this). The MLflow UI test drives headless Chromium (Debian's
+# package), installed when missing; the 15 slowest tests are listed at the end.
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	python -m pytest
+	python -m pytest --durations=15
+
+# The fast tier, for the inner loop: no multi-process or img2dataset tests, no dvc repro, no browser.
+test-fast: $(STAMP)
+	python -m pytest -m "not slow and not e2e and not browser" --durations=15
 
 clean-data:
 	rm -rf data metrics

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import stage_config  # noqa: E402
 from pipeline.train.launch import relaunch_under_torchrun  # noqa: E402
 from pipeline.train.loop import NonFiniteLoss, RunSpec, train  # noqa: E402
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--curve", required=True, help="validation curve (TSV)")
     args = parser.parse_args()
 
-    cfg = load_config(args.params)
+    cfg = stage_config(args.params)
     relaunch_under_torchrun(cfg.train.nproc_per_node)
     spec = RunSpec(phase="pretrain", dataset="cc12m", train_shards=Path(args.train), val_shards=Path(args.val),
                    out_dir=Path(args.out), state_dir=Path(args.state), metrics_json=Path(args.metrics),

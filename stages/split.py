@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import stage_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.download import successful_samples  # noqa: E402
 from pipeline.data.split import make_splits  # noqa: E402
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--counts", required=True, help="metrics JSON with counts per split")
     args = parser.parse_args()
 
-    cfg = load_config(args.params).data.split
+    cfg = stage_config(args.params).data.split
     samples = successful_samples(Path(args.download))
     splits, counts = make_splits(args.dataset, samples, cfg.cc12m_val_fraction, cfg.hash_salt)
     out = Path(args.out)

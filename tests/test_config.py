@@ -171,3 +171,27 @@ def test_reading_the_configuration_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("key, value", [("number_sample_per_shard", 0), ("image_size", -5), ("retries", -1),
+                                        ("timeout", 0), ("thread_count", 0), ("processes_count", -1)])
+def test_the_download_stage_stops_before_any_work_with_one_line(tmp_path, key, value):
+    """The values that once deleted a finished download, wrote 1x1 images, hung or downloaded nothing:
+    the stage exits 1 with one line naming the key, the value and what is allowed; the existing
+    download is untouched."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"preset": "smoke", "data": {"download": {key: value}}}))
+    out = tmp_path / "download"
+    out.mkdir()
+    (out / "finished.tar").write_bytes(b"a finished download")
+    result = subprocess.run([sys.executable, str(root / "stages/download.py"), "cc12m", "--params",
+                             str(tmp_path / "params.yaml"), "--out", str(out), "--report", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"configuration error: key 'data.download.{key}': value {value!r} is not allowed; allowed: "
+        + ("an integer >= 0" if key == "retries" else "an integer >= 1")]
+    assert [p.name for p in out.iterdir()] == ["finished.tar"] and not (tmp_path / "r.json").exists()

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "pipeline", "stages", ".dvc/config", ".dvcignore"]
 
@@ -36,6 +38,11 @@ def repo(tmp_path_factory):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     return repo
+
+
+def run_compare(repo, env) -> str:
+    run([str(Path(sys.executable).parent / "grr-coca"), "compare", "--out", "reports"], repo, env)
+    return (repo / "reports/comparison.json").read_text()
 
 
 def dvc(*args):
@@ -68,8 +75,10 @@ def test_dvc_repro_runs_the_data_stages_and_counts_every_planted_bad_row(repo, e
     tokenize = json.loads((repo / "metrics/tokenize.json").read_text())
     assert tokenize["vocab_size"] == 256
 
-    # Nothing changed: nothing reruns. A model-only change leaves every data stage cached.
-    assert "didn't change" in run(dvc("repro", "shard"), repo, env) or "up to date" in run(dvc("status"), repo, env)
+    # Nothing changed: every stage is skipped. A model-only change leaves every data stage cached.
+    again = run(dvc("repro", "shard"), repo, env)
+    assert "Running stage" not in again, again
+    assert "up to date" in run(dvc("status", "shard"), repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["encoder"] = "baseline"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -96,6 +105,25 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
         assert run_.data.metrics["eval/bleu4"] == evaluation["bleu4"]
         assert 0.0 <= evaluation["t2i_r10"] <= 100.0
     assert runs["finetune-roco-grr"].data.tags["pretrain_run_id"] == runs["pretrain-grr"].info.run_id
+
+    # Nothing reran: every stage is up to date.
+    assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
+
+    # A change to beam search reruns every evaluation and nothing else; reverting it makes all clean.
+    generate = repo / "pipeline/model/generate.py"
+    original = generate.read_text()
+    generate.write_text(original + "# a comment\n")
+    changed = {line.rstrip(":") for line in run(dvc("status"), repo, env).splitlines()
+               if line and not line.startswith(("\t", " "))}
+    assert changed == {f"evaluate@{name}" for name in ("pretrain", "mscoco", "roco", "flickr30k")}, changed
+    generate.write_text(original)
+    assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
+
+    # The comparison report finds the runs the trainer logged, by the names it gave them.
+    report = json.loads(run_compare(repo, env))
+    for dataset in ("cc12m", "mscoco", "roco", "flickr30k"):
+        assert report["datasets"][dataset]["runs"]["grr"] == runs[
+            "pretrain-grr" if dataset == "cc12m" else f"finetune-{dataset}-grr"].info.run_id
 
     # The caption command works on the stage's checkpoint alone.
     image = next((repo / "data/raw/demo/mscoco/val2017").glob("*.jpg"))

@@ -59,10 +59,9 @@ def explode_pairs(samples: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
-def make_splits(dataset: str, samples: pd.DataFrame, val_fraction: float = 0.05, salt: str = "grr-coca"):
-    """Split the downloaded images of one dataset; returns ({split: pairs frame}, counts)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.split.cc12m_val_fraction: {val_fraction} is not in (0, 1)")
+def make_splits(dataset: str, samples: pd.DataFrame, val_fraction: float, salt: str):
+    """Split the downloaded images of one dataset (`val_fraction`, `salt`: data.split's CC12M settings);
+    returns ({split: pairs frame}, counts)."""
     samples = samples.sort_values("url", kind="stable").reset_index(drop=True)
     assigned = assign_splits(dataset, samples, val_fraction, salt)
     out, counts = {}, {"images_unused": int(assigned.isna().sum())}

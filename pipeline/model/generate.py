@@ -67,7 +67,7 @@ class _Decoder:
 def _allowed_log_probs(logits: torch.Tensor, model: CoCa) -> torch.Tensor:
     cfg = model.cfg
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True)
-    logits[:, [cfg.bos_id, cfg.pad_id, cfg.cls_id]] = float("-inf")
+    logits[:, list(cfg.tokens.non_targets)] = float("-inf")  # BOS, PAD, CLS: never generated
     return logits.log_softmax(dim=-1)
 
 

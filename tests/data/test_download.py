@@ -16,6 +16,8 @@ from PIL import Image
 from pipeline.config import DownloadConfig
 from pipeline.data import download as dl
 
+pytestmark = pytest.mark.slow
+
 MISSING = "<urlopen error [Errno 2] No such file or directory: <path>>"
 UNDECODABLE = "Image decoding error"
 

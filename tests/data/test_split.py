@@ -49,22 +49,22 @@ def test_salt_changes_the_assignment_and_fraction_is_uniform():
 def test_official_splits_map_to_train_and_val_and_drop_test():
     coco = pd.concat([samples(4, "train"), samples(2, "val")], ignore_index=True)
     coco["url"] = [f"u{i}" for i in range(6)]
-    _, counts = make_splits("mscoco", coco)
+    _, counts = make_splits("mscoco", coco, 0.05, "salt")
     assert (counts["train_images"], counts["val_images"]) == (4, 2)
     roco = pd.concat([samples(3, "train"), samples(2, "valid"), samples(1, "test")], ignore_index=True)
     roco["url"] = [f"r{i}" for i in range(6)]
-    _, counts = make_splits("roco", roco)
+    _, counts = make_splits("roco", roco, 0.05, "salt")
     assert (counts["train_images"], counts["val_images"], counts["images_unused"]) == (3, 2, 1)
     flickr = pd.concat([samples(3, "train"), samples(1, "val"), samples(2, "test")], ignore_index=True)
     flickr["url"] = [f"f{i}" for i in range(6)]
-    _, counts = make_splits("flickr30k", flickr)
+    _, counts = make_splits("flickr30k", flickr, 0.05, "salt")
     assert (counts["train_images"], counts["val_images"], counts["images_unused"]) == (3, 1, 2)
 
 
 def test_multi_caption_images_become_one_pair_per_caption():
     frame = samples(2, "train")
     frame["captions"] = [json.dumps(["a", "b", "c", "d", "e"]), json.dumps(["f", "g", "h", "i", "j"])]
-    splits, counts = make_splits("mscoco", frame)
+    splits, counts = make_splits("mscoco", frame, 0.05, "salt")
     assert counts["train_pairs"] == 10
     pairs = splits["train"]
     assert list(pairs.caption) == list("abcdefghij")

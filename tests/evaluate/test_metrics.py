@@ -201,7 +201,7 @@ def test_rounding_tolerance_covers_rounded_exact_values() -> None:
 @pytest.mark.parametrize("dataset, encoder, coca, con, ppl, lam_con, lam_cap", PAPER_ROWS)
 def test_paper_table2_is_consistent_to_a_twentieth_of_a_percent(dataset, encoder, coca, con, ppl, lam_con,
                                                                 lam_cap) -> None:
-    """SPEC: the paper's rows satisfy CoCa ~ lambda_con * L_con + lambda_cap * ln(perplexity) (with
+    """docs/paper.md §Losses and metrics: the paper's rows satisfy CoCa ~ lambda_con * L_con + lambda_cap * ln(perplexity) (with
     pre-training weights (2, 1) for CC12M and fine-tuning weights (1, 2) for the others)."""
     check = coca_loss_consistency(coca, con, ppl, lam_con, lam_cap, tol=5e-4 * coca)
     assert check.ok, (dataset, encoder, check)

@@ -16,6 +16,8 @@ from mlflow.entities import Metric
 
 from support.ui_check import compare_runs_url, dump_dom, find_chromium, mlflow_server, parse_compare_page
 
+pytestmark = pytest.mark.browser
+
 # Latest (step 20) val/ values; two decimals, so the UI shows them as they are.
 LAST = {"baseline": {"val/coca_loss": 4.25, "val/perplexity": 9.5, "val/contrastive_loss": 1.25,
                      "val/caption_loss": 1.5},

@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -16,6 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.config import model_preset
 from pipeline.model.coca import CoCa
 from pipeline.model.losses import CoCaLoss
+
+pytestmark = pytest.mark.slow
 
 WORLD = 2
 PER_RANK = 3

@@ -15,6 +15,8 @@ import torch
 import yaml
 from support.trainkit import run_stage, stage_command, stage_env, write_params
 
+pytestmark = pytest.mark.slow
+
 # Global batch 8 in both: 8 x 1 process or 4 x 2 processes (x 2 accumulation steps), 2 data streams.
 ONE = dict(nproc_per_node=1, micro_batch_size=8, ckpt_every_steps=3)
 TWO = dict(nproc_per_node=2, micro_batch_size=4, ckpt_every_steps=3)

@@ -13,7 +13,7 @@ def lrs(schedule: LRSchedule, steps_per_epoch: int, epochs: int) -> list[float]:
 
 
 def test_worked_example():
-    """lr_max 1, lr_min 0, warm-up 2 steps, 4 steps per epoch (SPEC: linear warm-up, then one
+    """lr_max 1, lr_min 0, warm-up 2 steps, 4 steps per epoch (docs/paper.md §Training: linear warm-up, then one
     cosine cycle per epoch; the first cycle runs from the end of warm-up to the end of epoch 1)."""
     c = (1 + math.cos(math.pi / 4)) / 2
     expected = [0.5, 1.0, 1.0, 0.5,  # warm-up, then the rest of epoch 1

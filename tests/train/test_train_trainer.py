@@ -13,6 +13,8 @@ from support.trainkit import build_cfg, pretrain_spec
 from pipeline.train import loop
 from pipeline.train.loop import NonFiniteLoss, RunSpec, train
 
+pytestmark = pytest.mark.slow
+
 
 def client(uri: str):
     from mlflow import MlflowClient
