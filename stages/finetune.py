@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
 from pipeline.config import stage_config  # noqa: E402
-from pipeline.train.launch import relaunch_under_torchrun  # noqa: E402
 from pipeline.names import FINETUNE_DATASETS  # noqa: E402
-from pipeline.train.loop import NonFiniteLoss, RunSpec, train  # noqa: E402
+from pipeline.train.launch import relaunch_under_torchrun  # noqa: E402
+from pipeline.train.loop import NonFiniteLoss, train  # noqa: E402
+from pipeline.train.state import RunSpec  # noqa: E402
 
 
 def main() -> None:
@@ -28,20 +29,12 @@ def main() -> None:
     parser.add_argument("dataset", choices=FINETUNE_DATASETS)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--init", required=True, help="the pre-trained checkpoint")
-    parser.add_argument("--train", required=True, help="training shards (with manifest.json)")
-    parser.add_argument("--val", required=True, help="validation shards")
-    parser.add_argument("--tokenizer", required=True, help="saved inside the output checkpoints")
-    parser.add_argument("--out", required=True, help="folder for final.pt and best.pt")
-    parser.add_argument("--state", required=True, help="resumable state (not a DVC output)")
-    parser.add_argument("--metrics", required=True, help="final validation metrics (JSON)")
-    parser.add_argument("--curve", required=True, help="validation curve (TSV)")
+    RunSpec.add_arguments(parser)
     args = parser.parse_args()
 
     cfg = stage_config(args.params)
     relaunch_under_torchrun(cfg.train.nproc_per_node)
-    spec = RunSpec(phase="finetune", dataset=args.dataset, train_shards=Path(args.train), val_shards=Path(args.val),
-                   out_dir=Path(args.out), state_dir=Path(args.state), metrics_json=Path(args.metrics),
-                   val_tsv=Path(args.curve), tokenizer=Path(args.tokenizer), init=Path(args.init), repo=Path.cwd())
+    spec = RunSpec.from_args(args, phase="finetune", dataset=args.dataset, init=args.init)
     try:
         train(cfg, spec)
     except NonFiniteLoss as e:

@@ -3,6 +3,7 @@ it is (TrainState: the counters and the validation history, a stateful part of e
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,23 @@ class RunSpec:
     tokenizer: Path | None = None  # travels inside the output checkpoints
     init: Path | None = None  # fine-tuning: the pre-trained checkpoint
     repo: Path = Path(".")  # where dvc.lock and .git are (the working copy)
+
+    # A training stage's command-line paths (dvc.yaml passes them all: no defaults here).
+    ARGUMENTS = (("--train", "training shards (with manifest.json)"), ("--val", "validation shards"),
+                 ("--tokenizer", "saved inside the output checkpoints"), ("--out", "folder for final.pt and best.pt"),
+                 ("--state", "resumable state (not a DVC output)"), ("--metrics", "final validation metrics (JSON)"),
+                 ("--curve", "validation curve (TSV)"))
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        for flag, help_text in cls.ARGUMENTS:
+            parser.add_argument(flag, required=True, help=help_text)
+        return parser
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, phase: str, dataset: str, init: str | None = None) -> "RunSpec":
+        return cls(phase, dataset, Path(args.train), Path(args.val), Path(args.out), Path(args.state),
+                   Path(args.metrics), Path(args.curve), Path(args.tokenizer), Path(init) if init else None, Path.cwd())
 
 
 @dataclass
