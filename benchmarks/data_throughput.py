@@ -10,6 +10,7 @@ writes shards, as the shard stage does, with 1 and with 2 worker processes.
 
 import argparse
 import io
+import dataclasses
 import random
 import tarfile
 import tempfile
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from pipeline.config import build_config
 from pipeline.data.shard import shard_split
 from pipeline.data.tokenizer import build_tokenizer, encode_captions
 
@@ -72,8 +74,9 @@ def bench_shard(n: int, image_size: int, workers: int, root: Path) -> float:
     pairs = pd.DataFrame(rows, columns=["tar", "key", "url", "image_id", "caption_index", "caption"])
     tokens = np.zeros((len(pairs), 65), dtype=np.int32)
     start = time.perf_counter()
-    manifest = shard_split("bench", "train", pairs, tokens, download, root / f"out{workers}", image_size,
-                           samples_per_shard=1000, workers=workers)
+    cfg = dataclasses.replace(build_config({"preset": "paper"}).data.shard, image_size=image_size,
+                              samples_per_shard=1000, workers=workers)
+    manifest = shard_split("bench", "train", pairs, tokens, download, root / f"out{workers}", cfg)
     assert manifest["samples"] == len(pairs)
     return len(pairs) / (time.perf_counter() - start)
 

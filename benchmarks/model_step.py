@@ -82,11 +82,11 @@ def make_steps(cfg: ModelConfig, batch: int):
 
     ours = CoCa(cfg)
     ours_opt = torch.optim.AdamW(ours.optimizer_param_groups(0.001), lr=1e-5, fused=True)
-    ours_loss = CoCaLoss.from_config(cfg, contrastive_weight=2.0, caption_weight=1.0)
+    ours_loss = CoCaLoss(2.0, 1.0, cfg.tokens)
 
     def ours_step(bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = ours_loss(ours(images, seq[:, :-1]), seq[:, 1:])["coca_loss"]
+            loss = ours_loss(ours(images, seq[:, :-1]), seq[:, 1:])["loss"]
         ours_opt.zero_grad(set_to_none=True)
         loss.backward()
         ours_opt.step()
@@ -117,7 +117,7 @@ def timed(step) -> tuple[float, float]:
 
 
 def bench(size: str, batch: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
-    cfg = model_preset(size, encoder="baseline", dropout=0.0)
+    cfg = model_preset(size, encoder="baseline")  # CoCa(cfg) has dropout 0 unless a phase sets it
     runs, (n_ours, n_theirs) = make_steps(cfg, batch)
     print(f"\n[{size}] dim {cfg.dim}, layers {cfg.vit_layers}/{cfg.unimodal_layers}/"
           f"{cfg.multimodal_layers}, heads {cfg.heads}, image {cfg.image_size}/{cfg.patch_size}, "

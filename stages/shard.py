@@ -38,11 +38,7 @@ def main() -> None:
             np.load(Path(args.tokens) / f"{split}.npy"),
             download_dir=Path(args.download),
             out_dir=Path(args.out) / split,
-            image_size=cfg.image_size,
-            jpeg_quality=cfg.jpeg_quality,
-            samples_per_shard=cfg.samples_per_shard,
-            workers=cfg.workers,
-            seed=cfg.seed,
+            cfg=cfg,
         )
         counts[f"{split}_samples"] = manifest["samples"]
         counts[f"{split}_shards"] = len(manifest["shards"])

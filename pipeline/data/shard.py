@@ -23,6 +23,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -154,13 +155,10 @@ def shard_split(
     tokens: np.ndarray,
     download_dir: Path,
     out_dir: Path,
-    image_size: int,
-    jpeg_quality: int = 95,
-    samples_per_shard: int = 2000,
-    workers: int = 1,
-    seed: int = 0,
+    cfg: Any,
 ) -> dict:
-    """Write the shards of one split under out_dir and return its manifest."""
+    """Write the shards of one split under out_dir and return its manifest. `cfg` is the `data.shard`
+    section (image_size, samples_per_shard, jpeg_quality, workers, seed)."""
     if len(pairs) != len(tokens):
         raise ValueError(f"{dataset}/{split}: {len(pairs)} pairs but {len(tokens)} token rows")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,14 +178,14 @@ def shard_split(
                 source_tar=tar,
                 number=number,
                 out_dir=out_dir,
-                image_size=image_size,
-                jpeg_quality=jpeg_quality,
-                samples_per_shard=samples_per_shard,
-                seed=seed,
+                image_size=cfg.image_size,
+                jpeg_quality=cfg.jpeg_quality,
+                samples_per_shard=cfg.samples_per_shard,
+                seed=cfg.seed,
             )
         )
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+    if cfg.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
             results = list(pool.map(process_tar, jobs))
     else:
         results = [process_tar(job) for job in jobs]
@@ -203,7 +201,7 @@ def shard_split(
         "pairs_in": len(pairs),
         "skipped": dict(sorted(skipped.items())),
         "skipped_total": sum(skipped.values()),
-        "image_size": image_size,
+        "image_size": cfg.image_size,
         "context_length": int(tokens.shape[1] - 1),
         "shards": shards,
     }

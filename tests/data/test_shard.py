@@ -1,5 +1,6 @@
 """Shards: resized RGB images joined with their tokens; undecodable images skipped and counted."""
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -8,7 +9,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.config import build_config
 from pipeline.data.shard import shard_split
+
+
+def shard_cfg(**changes):
+    """The smoke preset's data.shard section with some values changed (checked like any section)."""
+    return dataclasses.replace(build_config({"preset": "smoke"}).data.shard, **changes)
 
 
 def jpeg(size, color, mode="RGB"):
@@ -62,7 +69,7 @@ def read_samples(out_dir):
 def test_shards_hold_resized_images_tokens_and_count_skips(tmp_path):
     pairs, tokens = make_download(tmp_path)
     manifest = shard_split(
-        "mscoco", "train", pairs, tokens, tmp_path / "dl", tmp_path / "out", image_size=16, samples_per_shard=2
+        "mscoco", "train", pairs, tokens, tmp_path / "dl", tmp_path / "out", shard_cfg(image_size=16, samples_per_shard=2)
     )
     assert manifest["samples"] == 6  # 2 + 1 + 3 pairs of the three good images
     assert manifest["skipped_total"] == 3  # the truncated image's 1 pair, the non-image's 2 pairs
@@ -86,16 +93,16 @@ def test_shards_hold_resized_images_tokens_and_count_skips(tmp_path):
 def test_sharding_is_reproducible_and_a_rerun_replaces_old_shards(tmp_path):
     pairs, tokens = make_download(tmp_path)
     args = ("roco", "val", pairs, tokens, tmp_path / "dl")
-    shard_split(*args, tmp_path / "a", image_size=16, samples_per_shard=4, seed=3)
-    shard_split(*args, tmp_path / "b", image_size=16, samples_per_shard=4, seed=3)
+    shard_split(*args, tmp_path / "a", shard_cfg(image_size=16, samples_per_shard=4, seed=3))
+    shard_split(*args, tmp_path / "b", shard_cfg(image_size=16, samples_per_shard=4, seed=3))
     for name in ["shard-00000-0000.tar", "shard-00000-0001.tar"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    shard_split(*args, tmp_path / "a", image_size=16, samples_per_shard=10, seed=3)
+    shard_split(*args, tmp_path / "a", shard_cfg(image_size=16, samples_per_shard=10, seed=3))
     assert sorted(p.name for p in (tmp_path / "a").glob("*.tar")) == ["shard-00000-0000.tar"]
 
 
 def test_a_missing_or_unreadable_download_tar_is_counted_not_fatal(tmp_path):
     pairs, tokens = make_download(tmp_path)
     (tmp_path / "dl" / "main" / "00000.tar").write_bytes(b"garbage")
-    manifest = shard_split("cc12m", "train", pairs, tokens, tmp_path / "dl", tmp_path / "out", image_size=16)
+    manifest = shard_split("cc12m", "train", pairs, tokens, tmp_path / "dl", tmp_path / "out", shard_cfg(image_size=16))
     assert manifest["samples"] == 0 and manifest["skipped_total"] == len(pairs)
