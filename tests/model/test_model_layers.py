@@ -128,10 +128,20 @@ def test_cross_attention_cache_reuses_context():
     assert torch.allclose(attn(x, None, cache=cache), first)
 
 
-def test_rms_norm_under_bfloat16_autocast_keeps_dtype():
+def test_rms_norm_keeps_a_bfloat16_input_bfloat16_with_float32_weights():
     norm = RMSNorm(8)
     x = torch.randn(4, 8, dtype=torch.bfloat16, requires_grad=True)
     y = norm(x)
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad.dtype == torch.bfloat16 and norm.weight.grad.dtype == torch.float32
+
+
+def test_rms_norm_under_cpu_bfloat16_autocast_keeps_dtype():
+    norm = RMSNorm(8)
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(torch.nn.functional.linear(x, torch.eye(8)))  # a matmul under autocast gives bfloat16
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and norm.weight.grad.dtype == torch.float32
