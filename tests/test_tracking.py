@@ -28,3 +28,50 @@ def test_dvc_hashes_of_the_inputs(tmp_path):
     got = dvc_hashes(tmp_path, [Path("data/shards/cc12m/train"), tmp_path / "data/tokenizer", "/elsewhere/x"])
     assert got == {"data/shards/cc12m": "abc.dir", "data/tokenizer": "def.dir"}
     assert dvc_hashes(tmp_path / "nothing", ["data"]) == {}
+
+
+def test_the_metrics_files_are_written_without_mlflow(tmp_path):
+    """DVC's metrics files do not depend on the MLflow back end (they once did)."""
+    import csv
+    import json
+
+    from pipeline.tracking import MetricsFilesBackend, NullTracker, Tracker
+
+    tracker = Tracker([MetricsFilesBackend(tmp_path / "m/final.json", tmp_path / "m/curve.tsv")])
+    assert tracker.run_id is None
+    history = [{"step": 0, "epoch": 0, "kind": "start", "coca_loss": 3.0}, {"step": 4, "epoch": 1, "kind": "epoch",
+                                                                          "coca_loss": 2.0}]
+    tracker.log_train(4, {"coca_loss": 2.5})
+    tracker.log_val(4, {"coca_loss": 2.0}, history)
+    tracker.log_final(4, {"coca_loss": 2.0, "epoch": 1})
+    rows = list(csv.DictReader((tmp_path / "m/curve.tsv").open(), delimiter="\t"))
+    assert [(r["step"], r["kind"], r["coca_loss"]) for r in rows] == [("0", "start", "3.0"), ("4", "epoch", "2.0")]
+    assert json.loads((tmp_path / "m/final.json").read_text()) == {"coca_loss": 2.0, "epoch": 1}
+    nothing = NullTracker()  # what processes other than 0 hold
+    nothing.log_final(1, {"x": 1.0})
+    nothing.finish("FINISHED")
+    assert nothing.run_id is None
+
+
+def test_evaluation_attaches_to_the_training_run_without_changing_its_status(tmp_path, monkeypatch):
+    import json
+
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import attach, start_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {"model.encoder": "grr"}, None,
+                    tmp_path / "pretrain.json")
+    run.log_final(3, {"coca_loss": 1.5})
+    run.finish("FINISHED")
+    evaluation = attach(run.run_id, root=tmp_path, metrics_json=tmp_path / "eval.json")
+    evaluation.log_eval({"bleu4": 0.25})
+    evaluation.finish()
+    got = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.metrics == {"final/coca_loss": 1.5, "eval/bleu4": 0.25}
+    assert json.loads((tmp_path / "eval.json").read_text()) == {"bleu4": 0.25}
+    # a checkpoint whose run is not in this store: the scores still reach the metrics file
+    elsewhere = attach("0123456789abcdef", root=tmp_path, metrics_json=tmp_path / "eval2.json")
+    elsewhere.log_eval({"bleu4": 0.5})
+    assert json.loads((tmp_path / "eval2.json").read_text()) == {"bleu4": 0.5}
