@@ -8,6 +8,7 @@ This module imports nothing of the project, so the model package can use it with
 
 from __future__ import annotations
 
+import math
 from typing import Any, NoReturn
 
 
@@ -24,7 +25,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (YAML's .inf and .nan are refused: no setting means them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_ints(section: Any, prefix: str, names: tuple[str, ...], minimum: int = 1,
@@ -49,7 +51,7 @@ def check_number(section: Any, prefix: str, name: str, *, above: float | None = 
     if not ok:
         low = f"> {above}" if above is not None else f">= {at_least}" if at_least is not None else ""
         high = f"< {below}" if below is not None else f"<= {at_most}" if at_most is not None else ""
-        fail(f"{prefix}.{name}", value, "a number " + " and ".join(p for p in (low, high) if p))
+        fail(f"{prefix}.{name}", value, "a finite number " + " and ".join(p for p in (low, high) if p))
 
 
 def check_choice(section: Any, prefix: str, name: str, allowed: tuple[Any, ...]) -> None:
