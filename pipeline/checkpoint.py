@@ -77,7 +77,19 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelChe
         config = ModelConfig(**saved)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its model configuration is not valid here: {e}") from None
-    return ModelCheckpoint(path, config, payload.pop("model"), payload.pop("tokenizer_files", None) or {}, payload)
+    files = payload.pop("tokenizer_files", None) or {}
+    if not isinstance(files, dict) or not all(_plain_file_name(name) and isinstance(text, str)
+                                              for name, text in files.items()):
+        bad = [name for name in files if not _plain_file_name(name)] if isinstance(files, dict) else files
+        raise CheckpointError(f"{path}: tokenizer_files must map plain file names to text; refused: {bad!r}")
+    return ModelCheckpoint(path, config, payload.pop("model"), files, payload)
+
+
+def _plain_file_name(name: object) -> bool:
+    """A name that stays inside the folder it is written to: no separators, no '..', not absolute.
+    A checkpoint's contents never choose a filesystem path."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and Path(name).name == name)
 
 
 def load_init(path: str | Path, model: CoCa) -> dict[str, Any]:

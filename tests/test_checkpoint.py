@@ -57,3 +57,17 @@ def test_weights_that_do_not_match_the_configuration_are_refused(tmp_path):
     path = save_model(tmp_path / "final.pt", CoCa(model_preset("smoke")).state_dict(), model_preset("smoke", dim=64))
     with pytest.raises(CheckpointError, match="weights do not match"):
         load_model(path).build()
+
+
+@pytest.mark.parametrize("name", ["../escaped.json", "/tmp/absolute.json", "..", "sub/dir.json", ""])
+def test_a_checkpoint_never_chooses_where_files_are_written(tmp_path, name):
+    """tokenizer_files names are written into a temporary folder by inference: a crafted checkpoint with
+    a path for a name is refused before anything is written."""
+    cfg = model_preset("smoke")
+    payload = {"format": 2, "model": CoCa(cfg).state_dict(), "model_config": cfg.to_dict(),
+               "tokenizer_files": {"tokenizer.json": "{}", name: "written?"}}
+    torch.save(payload, tmp_path / "crafted.pt")
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(CheckpointError, match="tokenizer_files must map plain file names"):
+        load_model(tmp_path / "crafted.pt")
+    assert set(tmp_path.rglob("*")) == before
