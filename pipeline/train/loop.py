@@ -27,14 +27,10 @@ from . import early_stopping as es
 from .optim import build_optimizer, set_lr
 from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, barrier, broadcast_object,
                           effective_precision, init_distributed, no_sync, parallelize)
-from .resume import Checkpointer, RNGState, fingerprint, seed_everything
+from .resume import Checkpointer, NonFiniteLoss, RNGState, fingerprint, seed_everything
 from .schedule import build_schedule
 from .state import RunSpec, TrainState
 from .validate import validate
-
-
-class NonFiniteLoss(RuntimeError):
-    """A non-finite loss or gradient norm: training stops before the step's update."""
 
 
 def log(d: Dist, message: str) -> None:

@@ -29,6 +29,21 @@ from pipeline.io import atomic_write, write_json
 from .parallelize import all_gather_object, barrier
 
 
+class NonFiniteLoss(RuntimeError):
+    """A non-finite loss, gradient, validation or weight: training stops and keeps the last good state."""
+
+
+def all_finite(state: Any) -> bool:
+    """Every floating-point tensor in a (nested) state dict is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(all_finite(v) for v in state)
+    return True
+
+
 class Stateful(Protocol):
     def state_dict(self) -> dict: ...
 
@@ -105,9 +120,15 @@ class Checkpointer:
         self.last, self.best = self.state_dir / "last.pt", self.state_dir / "best.pt"
 
     def save(self) -> None:
+        """Every process checks the (replicated) shared parts: a state with a non-finite tensor is never
+        written, so last.pt stays the last good one."""
+        state = {name: part.state_dict() for name, part in self.shared.items()}
+        if not all_finite(state):
+            bad = [name for name, part in state.items() if not all_finite(part)]
+            raise NonFiniteLoss(f"non-finite values in {', '.join(bad)}: not saved; {self.last} keeps the last "
+                                "good state")
         parts = all_gather_object({name: part.state_dict() for name, part in self.per_process.items()})
         if self.is_main:
-            state = {name: part.state_dict() for name, part in self.shared.items()}
             save({"fingerprint": self.fingerprint, **state, "per_process": parts}, self.last)
             summary = {k: v for k, v in state.get("train", {}).items() if k in ("epoch", "step", "step_in_epoch", "done")}
             write_json(self.last.with_suffix(".json"), {**summary, "fingerprint": self.fingerprint})
@@ -129,6 +150,8 @@ class Checkpointer:
         return "resumed"
 
     def save_best(self, state: dict) -> None:
+        if not all_finite(state):
+            raise NonFiniteLoss(f"non-finite values in the best state: not saved to {self.best}")
         save(state, self.best)
 
     def load_best(self, device: torch.device | str) -> dict:

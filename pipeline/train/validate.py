@@ -22,6 +22,7 @@ from pipeline.data.loader import ValLoader
 from pipeline.model.losses import CoCaLoss, caption_loss_sum, contrastive_loss
 
 from .parallelize import all_reduce_sum
+from .resume import NonFiniteLoss
 
 
 @torch.no_grad()
@@ -44,5 +45,8 @@ def validate(model: nn.Module, loader: ValLoader, loss_fn: CoCaLoss, device: tor
     if n == 0 or tokens == 0:
         raise RuntimeError(f"{loader.manifest.root}: validation found no usable sample")
     con, cap = con_n / n, cap_sum / tokens
+    if not (math.isfinite(con) and math.isfinite(cap)):  # the same on every process: all stop together
+        raise NonFiniteLoss(f"validation on {loader.manifest.root}: non-finite loss (caption {cap}, contrastive "
+                            f"{con}): the model diverged; training stops and keeps its last good checkpoint")
     return {"coca_loss": loss_fn.combine(con, cap), "caption_loss": cap, "perplexity": math.exp(cap),
             "contrastive_loss": con, "samples": int(n), "corrupt_samples": int(corrupt)}

@@ -83,3 +83,20 @@ def test_the_trainer_fingerprints_only_its_declared_sections(section, key, value
         node = node.setdefault(p, {})
     node[last] = value
     assert sections(build_config(params)) == sections(build_config(edited))
+
+
+def test_a_state_with_non_finite_weights_is_never_written(tmp_path):
+    from pipeline.train.resume import NonFiniteLoss
+
+    model = torch.nn.Linear(3, 2)
+    ckpt = Checkpointer(tmp_path / "state", "fp", is_main=True, rank=0, shared={"model": model}, per_process={})
+    ckpt.save()
+    good = load(ckpt.last)["model"]
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteLoss, match=r"non-finite values in model: not saved; .*last good state"):
+        ckpt.save()
+    with pytest.raises(NonFiniteLoss, match="best state"):
+        ckpt.save_best({"model": model.state_dict()})
+    assert all(torch.equal(load(ckpt.last)["model"][k], v) for k, v in good.items())
+    assert not ckpt.best.exists()

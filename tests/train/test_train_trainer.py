@@ -182,3 +182,20 @@ def test_the_trainer_clamps_the_logit_scale_after_each_step(tmp_path, data, mlfl
     train(build_cfg(pretrain={"epochs": 1}), pretrain_spec(data, tmp_path))
     weights = torch.load(tmp_path / "out/final.pt", weights_only=True)["model"]
     assert float(weights["logit_scale"]) <= math.log(100) + 1e-6
+
+
+def test_non_finite_validation_stops_the_run(tmp_path, data, mlflow_env, monkeypatch):
+    """A diverged model's validation loss is caught (it once passed unnoticed and left early stopping
+    to reload a best.pt that was never written)."""
+    import pipeline.train.validate as validation
+
+    real = validation.caption_loss_sum
+
+    def poisoned(logits, targets, ignore):
+        total, count = real(logits, targets, ignore)
+        return total * float("nan"), count
+
+    monkeypatch.setattr(validation, "caption_loss_sum", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"validation on .*: non-finite loss \(caption nan"):
+        train(build_cfg(), pretrain_spec(data, tmp_path))
+    assert not (tmp_path / "out/final.pt").exists()
