@@ -123,10 +123,17 @@ class MLflowBackend:
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.pending: list = []
+        # A resumed run replays the steps after its last checkpoint, which may already be logged: the
+        # replayed values are the same (exact resume), so each step is logged once.
+        self.logged_until = {kind: max((m.step for m in self.client.get_metric_history(self.run_id, f"{kind}/{key}")),
+                                       default=-1) if run_id and not attach else -1
+                             for kind, key in (("train", "coca_loss"), ("val", "coca_loss"))}
 
     def log(self, kind: str, step: int, metrics: dict[str, Any], history: list[dict] | None = None) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_until.get(kind, -1):
+            return
         now = int(time.time() * 1000)
         self.pending += [Metric(f"{kind}/{k}", float(v), now, step) for k, v in metrics.items()]
         if kind != "train":  # a validation or a result is in the store before anything else happens

@@ -75,3 +75,27 @@ def test_evaluation_attaches_to_the_training_run_without_changing_its_status(tmp
     elsewhere = attach("0123456789abcdef", root=tmp_path, metrics_json=tmp_path / "eval2.json")
     elsewhere.log_eval({"bleu4": 0.5})
     assert json.loads((tmp_path / "eval2.json").read_text()) == {"bleu4": 0.5}
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
+    """After a resume the trainer replays the steps since its last checkpoint; those already in MLflow
+    are not logged again."""
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import start_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None)
+    for step in range(1, 6):
+        first.log_train(step, {"coca_loss": float(step)})
+    first.log_val(4, {"coca_loss": 0.4}, [])
+    first.flush()  # killed here: steps 1-5 logged, the checkpoint holds step 2
+    resumed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, first.run_id, None)
+    for step in range(3, 8):
+        resumed.log_train(step, {"coca_loss": float(step)})
+    resumed.log_val(4, {"coca_loss": 0.4}, [])
+    resumed.log_val(8, {"coca_loss": 0.3}, [])
+    resumed.finish()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "train/coca_loss")) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "val/coca_loss")) == [4, 8]
