@@ -93,7 +93,7 @@ def read_cc12m_tsv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     _require(path, "cc12m", "the URL/caption list cc12m.tsv")
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not part of line 1
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -203,6 +203,10 @@ def read_coco_captions(annotations_dir: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
+# Karpathy's split names; his COCO file also has `restval` (the val2014 images not in val or test).
+KARPATHY_SPLITS = ("train", "val", "test", "restval")
+
+
 def read_karpathy_flickr30k(json_path: str | Path, images_dir: str | Path) -> pd.DataFrame:
     """Read Karpathy's split file; every split (train/val/test) is kept. image_id is the Flickr photo
     id (the file name's stem); url the file:// path of the image in `images_dir`."""
@@ -216,6 +220,9 @@ def read_karpathy_flickr30k(json_path: str | Path, images_dir: str | Path) -> pd
         where = f"images[{i}]"
         filename = _get(image, "filename", where, json_path, str)
         split = _get(image, "split", where, json_path, str)
+        if split not in KARPATHY_SPLITS:
+            raise SourceError(f"{json_path}: {where} ({filename}): split {split!r} is not one of Karpathy's "
+                              f"{', '.join(KARPATHY_SPLITS)}")
         sentences = _get(image, "sentences", where, json_path, list)
         caps = [_clean(_get(s, "raw", f"{where}.sentences[{j}]", json_path, str)) for j, s in enumerate(sentences)]
         caps = [c for c in caps if c]

@@ -293,3 +293,22 @@ def test_read_source_missing_path_names_key_and_where_to_obtain(tmp_path, datase
         read_source(dataset, cfg)
     message = str(e.value)
     assert f"'data.sources.{key}'" in message and where in message and str(tmp_path / "missing") in message
+
+
+@pytest.mark.parametrize("value", ["training", "VAL", ""])
+def test_flickr30k_unknown_split_names_file_image_and_value(tmp_path, value):
+    """A misspelt split once dropped the image silently (no split of ours took it)."""
+    path, images_dir = write_karpathy(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"][2]["split"] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(SourceError, match=rf"dataset_flickr30k.json: images\[2\] \(1002.jpg\): split {value!r} is "
+                                          r"not one of Karpathy's train, val, test, restval"):
+        read_karpathy_flickr30k(path, images_dir)
+
+
+def test_cc12m_byte_order_mark_is_not_part_of_the_first_url(tmp_path):
+    path = tmp_path / "cc12m.tsv"
+    path.write_bytes("\ufeffhttps://a.example/1.jpg\tfirst caption\nhttps://b.example/2.jpg\tsecond\n".encode())
+    df = read_cc12m_tsv(path)
+    assert df["url"].tolist() == ["https://a.example/1.jpg", "https://b.example/2.jpg"]
