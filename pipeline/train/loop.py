@@ -87,9 +87,10 @@ class Trainer:
             return final
         finally:
             self.tracker.finish(status)
+            self.ckpt.lock.release()
 
     def _resume(self) -> bool:
-        outcome = self.ckpt.load(self.d.device)
+        outcome = self.ckpt.load(self.d.device)  # first, process 0 takes the state directory's lock
         starts = {tuple(s) for s in all_gather_object([outcome, self.state.step])}
         if len(starts) > 1:
             raise RuntimeError(f"processes disagree on where to start ({sorted(starts)}): the state directory "

@@ -5,8 +5,13 @@ autocast, torch.compile and DDP. The model code knows nothing of them."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +38,8 @@ def init_distributed(cfg: TrainConfig) -> Dist:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (a plain `python` run is one process)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if "LOCAL_RANK" in os.environ:
+        exit_with_launcher()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device = 'cuda' but no CUDA device is available (use auto or cpu)")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -47,6 +54,26 @@ def init_distributed(cfg: TrainConfig) -> Dist:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
                                 device_id=device if use_cuda else None)
     return Dist(rank, world, local_rank, device)
+
+
+def exit_with_launcher(poll_s: float = 0.5) -> None:
+    """torchrun starts each worker in a session of its own, so killing the launcher's process group
+    (`kill -9 -PGID`, `timeout -s KILL`, a job runner) misses the workers: orphans that would train on,
+    into the same state directory as the rerun. On Linux the kernel kills this worker the moment its
+    launcher dies (PR_SET_PDEATHSIG); elsewhere, and as a fallback, a watchdog thread does within
+    `poll_s` (its parent process changes)."""
+    launcher = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != launcher:  # the launcher died before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
 
 
 def shutdown_distributed() -> None:

@@ -14,10 +14,14 @@ another fingerprint is left alone until the new run writes its first checkpoint.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import random
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +30,7 @@ import torch
 
 from pipeline.io import atomic_write, write_json
 
-from .parallelize import all_gather_object, barrier
+from .parallelize import all_gather_object, barrier, broadcast_object
 
 
 class NonFiniteLoss(RuntimeError):
@@ -42,6 +46,41 @@ def all_finite(state: Any) -> bool:
     if isinstance(state, (list, tuple)):
         return all(all_finite(v) for v in state)
     return True
+
+
+class StateLock:
+    """One run at a time per state directory: process 0 holds an exclusive lock on `<state_dir>/.lock`
+    for the whole run (flock: released when the process ends, killed or not). A second run waits up to
+    `wait_s` (a killed run's processes take a moment to go), then stops, naming the holder."""
+
+    def __init__(self, state_dir: str | Path):
+        self.path = Path(state_dir) / ".lock"
+        self.file = None
+
+    def acquire(self, wait_s: float = 30.0) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.file.seek(0)
+                    holder = self.file.read().strip() or "another process"
+                    raise RuntimeError(f"{self.path.parent} is in use by another run ({holder}); wait for it to "
+                                       "end, or stop it, then rerun") from None
+                time.sleep(0.2)
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the file releases the lock
+            self.file = None
 
 
 class Stateful(Protocol):
@@ -118,6 +157,7 @@ class Checkpointer:
         self.is_main, self.rank = is_main, rank
         self.shared, self.per_process = shared, per_process
         self.last, self.best = self.state_dir / "last.pt", self.state_dir / "best.pt"
+        self.lock = StateLock(self.state_dir)
 
     def save(self) -> None:
         """Every process checks the (replicated) shared parts: a state with a non-finite tensor is never
@@ -136,7 +176,17 @@ class Checkpointer:
 
     def load(self, device: torch.device) -> str:
         """Restore every part from last.pt: 'resumed', 'none' (no state) or 'other' (a state of another
-        fingerprint, left in place until this run's first save replaces it)."""
+        fingerprint, left in place until this run's first save replaces it). Process 0 first takes the
+        state directory's lock, so two runs never share one."""
+        error = None
+        if self.is_main:
+            try:
+                self.lock.acquire()
+            except RuntimeError as e:
+                error = str(e)
+        error = broadcast_object(error)
+        if error:
+            raise RuntimeError(error)
         if not self.last.exists():
             return "none"
         state = load(self.last, device)

@@ -110,3 +110,52 @@ def test_sigkill_mid_epoch_then_restart_gives_the_same_weights(tmp_path, data, m
     assert json.loads((tmp_path / "metrics/pretrain.json").read_text()) == \
         json.loads((two_processes / "metrics/pretrain.json").read_text())
     assert not (tmp_path / "state").exists()  # finished: the next run starts afresh
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("kill_at", [1, 4])
+def test_a_process_group_kill_leaves_no_orphans_and_the_rerun_resumes_bitwise(tmp_path, data, mlflow_uri,
+                                                                             two_processes, kill_at):
+    """`kill -9 -PGID` of the launcher: torchrun starts its workers in sessions of their own, so the kill
+    reaches only the launcher. The workers' watchdog ends them (once, orphans trained on into the rerun's
+    state directory); the state lock would stop a rerun while one lived. The rerun resumes bitwise."""
+    params = write_params(tmp_path / "params.yaml", **{**TWO, "ckpt_every_steps": 1})
+    summary = tmp_path / "state/last.json"
+    proc = subprocess.Popen(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if summary.exists() and json.loads(summary.read_text())["step"] >= kill_at:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 2  # the watchdog looks every 0.5 s; orphans would still be training
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "workers outlived their launcher"
+    assert summary.exists(), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    killed_at = json.loads(summary.read_text())["step"]
+
+    restarted = subprocess.run(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
+                               capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
+    assert f"step {killed_at} " in restarted.stdout.split("resuming from", 1)[1].splitlines()[0]
+    ours = torch.load(tmp_path / "out/final.pt", weights_only=True)["model"]
+    reference = torch.load(two_processes / "out/final.pt", weights_only=True)["model"]
+    assert all(torch.equal(ours[name], tensor) for name, tensor in reference.items())

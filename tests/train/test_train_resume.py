@@ -28,7 +28,7 @@ def test_checkpointer_restores_every_registered_part(tmp_path):
                         shared={"model": model, "train": shared}, per_process={"loader": mine})
     assert ckpt.load(torch.device("cpu")) == "none"
     ckpt.save()
-    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["last.json", "last.pt"]  # no temporary left
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [".lock", "last.json", "last.pt"]  # no temporary
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     torch.nn.init.zeros_(model.weight)
     shared.value, mine.value = 0, 0
@@ -36,6 +36,7 @@ def test_checkpointer_restores_every_registered_part(tmp_path):
     assert shared.value == 7 and mine.value == 3
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
     # a state of another fingerprint is not loaded, and not deleted either
+    ckpt.lock.release()
     other = Checkpointer(tmp_path / "state", "fp-2", is_main=True, rank=0, shared={"train": Counter()},
                          per_process={})
     assert other.load(torch.device("cpu")) == "other" and ckpt.last.exists()
@@ -100,3 +101,15 @@ def test_a_state_with_non_finite_weights_is_never_written(tmp_path):
         ckpt.save_best({"model": model.state_dict()})
     assert all(torch.equal(load(ckpt.last)["model"][k], v) for k, v in good.items())
     assert not ckpt.best.exists()
+
+
+def test_one_run_at_a_time_per_state_directory(tmp_path):
+    from pipeline.train.resume import StateLock
+
+    first, second = StateLock(tmp_path / "state"), StateLock(tmp_path / "state")
+    first.acquire()
+    with pytest.raises(RuntimeError, match=r"state is in use by another run \(pid \d+ on host .+\)"):
+        second.acquire(wait_s=0.3)
+    first.release()
+    second.acquire(wait_s=0.3)
+    second.release()
