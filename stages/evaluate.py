@@ -33,7 +33,7 @@ def main() -> None:
     cfg = stage_config(args.params)
     device = pick_device(cfg.train.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
-    val = read_validation_set(args.val, cfg.evaluate.max_images)
+    val = read_validation_set(args.val, cfg.evaluate.max_images, loaded.checkpoint.config.vocab_size)
     metrics, shown = evaluate(loaded, val, cfg.evaluate.num_beams, cfg.evaluate.batch_size,
                               cfg.evaluate.samples_to_show)
     write_text(args.samples, samples_markdown(f"{args.name}: generated captions (beam {cfg.evaluate.num_beams})", shown))

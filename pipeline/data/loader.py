@@ -27,6 +27,8 @@ import io
 import itertools
 import json
 import random
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +96,10 @@ class Manifest:
 # ----------------------------------------------------------------------------- samples
 
 
-def decode_sample(sample: dict, image_size: int, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (image uint8 (3, S, S), tokens int64 (context_length + 1,)); CorruptSample if unusable."""
+def decode_sample(sample: dict, image_size: int, context_length: int,
+                  vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (image uint8 (3, S, S), tokens int64 (context_length + 1,)); CorruptSample if unusable,
+    token ids outside [0, vocab_size) included (they would crash the embedding)."""
     try:
         with Image.open(io.BytesIO(sample["jpg"])) as image:
             image = image.convert("RGB")
@@ -110,15 +114,20 @@ def decode_sample(sample: dict, image_size: int, context_length: int) -> tuple[t
     if tokens.shape != (context_length + 1,) or tokens.dtype.kind not in "iu":
         raise CorruptSample(f"tokens have shape {tokens.shape} and dtype {tokens.dtype}, "
                             f"expected ({context_length + 1},) integers")
+    if vocab_size is not None and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise CorruptSample(f"token ids in [{tokens.min()}, {tokens.max()}], outside the vocabulary [0, {vocab_size})")
     return pixels, torch.from_numpy(tokens.astype(np.int64))
 
 
-def read_shards(paths: list[Path], errors: list[int]) -> Iterator[dict]:
-    """Raw samples (dicts of bytes by extension) of the tars in order; an unreadable tar or member
-    is skipped and counted in errors[0]."""
+def read_shards(paths: list[Path], errors: list[int], expected: list[int] | None = None) -> Iterator[dict]:
+    """Raw samples (dicts of bytes by extension) of the tars in order; an unreadable tar or member is
+    skipped. When the iteration ends, errors[0] holds what was lost: with `expected` (each file's
+    sample count from the manifest) every sample a damaged tar did not yield (a truncated tar loses all
+    the samples after the damage, not one), else the number of read errors."""
+    read_errors = [0]
 
     def handler(exn: Exception) -> bool:
-        errors[0] += 1
+        read_errors[0] += 1
         return True  # skip and go on
 
     def opened() -> Iterator[dict]:
@@ -126,12 +135,19 @@ def read_shards(paths: list[Path], errors: list[int]) -> Iterator[dict]:
             try:
                 stream = open(path, "rb")
             except OSError:
-                errors[0] += 1
+                read_errors[0] += 1
                 continue
             with stream:
                 yield {"url": str(path), "stream": stream}
 
-    yield from group_by_keys(tar_file_expander(opened(), handler=handler), handler=handler)
+    yielded: Counter = Counter()
+    for sample in group_by_keys(tar_file_expander(opened(), handler=handler), handler=handler):
+        yielded[sample.get("__url__")] += 1
+        yield sample
+    if expected is None:
+        errors[0] += read_errors[0]
+    else:
+        errors[0] += sum(max(0, n - yielded[str(path)]) for path, n in zip(paths, expected))
 
 
 def shuffled(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
@@ -180,9 +196,10 @@ class _TrainChunks(IterableDataset):
     def _items(self, s: int, plan: StreamPlan) -> Iterator[dict]:
         """The stream's shuffled raw samples, started over as often as needed (padding)."""
         lo = self.loader
+        counts = dict(lo.manifest.shards)
         for repeat in itertools.count():
             errors = [0]
-            raw = read_shards([lo.manifest.root / f for f in plan.files], errors)
+            raw = read_shards([lo.manifest.root / f for f in plan.files], errors, [counts[f] for f in plan.files])
             kept = (x for i, x in enumerate(raw) if i % plan.stride == plan.offset)
             rng = random.Random(f"samples:{lo.seed}:{self.epoch}:{s}:{repeat}")
             produced = 0
@@ -194,6 +211,10 @@ class _TrainChunks(IterableDataset):
                     yield None
             if produced == 0:
                 raise RuntimeError(f"{lo.manifest.root}: training stream {s} has no readable sample")
+            if repeat == 0 and produced < plan.length:
+                print(f"{lo.manifest.root}: epoch {self.epoch + 1}, stream {s}: {produced} of the manifest's "
+                      f"{plan.length} samples readable; the stream repeats its samples to keep processes in step",
+                      file=sys.stderr, flush=True)
 
     def __iter__(self) -> Iterator[dict]:
         lo = self.loader
@@ -216,7 +237,7 @@ class _TrainChunks(IterableDataset):
                     try:
                         if item is None:
                             raise CorruptSample("unreadable tar member")
-                        image, tok = decode_sample(item, lo.manifest.image_size, lo.manifest.context_length)
+                        image, tok = decode_sample(item, lo.manifest.image_size, lo.manifest.context_length, lo.vocab_size)
                     except CorruptSample:
                         bad[s] += 1
                         failures += 1
@@ -256,6 +277,7 @@ class TrainLoader:
         self.epoch, self.micro = 0, 0
         self.positions: dict[int, int] = {}
         self.corrupt: dict[int, int] = {}
+        self.vocab_size: int | None = None  # set by from_config: token ids at or above it are corrupt
 
     @classmethod
     def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
@@ -265,6 +287,7 @@ class TrainLoader:
                      rank=rank, world_size=world_size, streams=tcfg.data_streams, num_workers=tcfg.num_workers,
                      shuffle_buffer=tcfg.shuffle_buffer, seed=tcfg.seed, max_steps_per_epoch=tcfg.max_steps_per_epoch)
         loader.manifest.check_fits(model_cfg)
+        loader.vocab_size = model_cfg.vocab_size
         return loader
 
     # ---------------------------------------------------------------- sizes
@@ -341,9 +364,9 @@ class _ValBatches(IterableDataset):
         for f in files:
             errors, bad = [0], 0
             images, tokens = [], []
-            for sample in read_shards([lo.manifest.root / f], errors):
+            for sample in read_shards([lo.manifest.root / f], errors, [dict(lo.manifest.shards)[f]]):
                 try:
-                    image, tok = decode_sample(sample, lo.manifest.image_size, lo.manifest.context_length)
+                    image, tok = decode_sample(sample, lo.manifest.image_size, lo.manifest.context_length, lo.vocab_size)
                 except CorruptSample:
                     bad += 1
                     continue
@@ -367,6 +390,7 @@ class ValLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers = min(num_workers, len(self.manifest.shards[rank::world_size]))
         self.corrupt = 0
+        self.vocab_size: int | None = None
 
     @classmethod
     def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
@@ -374,6 +398,7 @@ class ValLoader:
         loader = cls(shard_dir, batch_size=tcfg.val_batch_size, rank=rank, world_size=world_size,
                      num_workers=tcfg.num_workers)
         loader.manifest.check_fits(model_cfg)
+        loader.vocab_size = model_cfg.vocab_size
         return loader
 
     def __iter__(self) -> Iterator[Batch]:

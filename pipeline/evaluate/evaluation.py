@@ -35,19 +35,20 @@ class ValidationSet:
     corrupt: int = 0
 
 
-def read_validation_set(shard_dir: str | Path, max_images: int = 0) -> ValidationSet:
+def read_validation_set(shard_dir: str | Path, max_images: int = 0, vocab_size: int | None = None) -> ValidationSet:
     """Every usable sample of a split's shards, decoded and checked as training decodes them
     (pipeline.data.loader.decode_sample); an unusable one is skipped and counted."""
     manifest = Manifest.load(shard_dir)
     errors = [0]
     out, index = ValidationSet(), {}
-    for sample in read_shards([manifest.root / name for name, _ in manifest.shards], errors):
+    for sample in read_shards([manifest.root / name for name, _ in manifest.shards], errors,
+                              [n for _, n in manifest.shards]):
         try:
             image_id = str(json.loads(sample["json"])["image_id"])
             caption = sample["txt"].decode()
             if image_id not in index and max_images and len(index) >= max_images:
                 continue
-            pixels, tokens = decode_sample(sample, manifest.image_size, manifest.context_length)
+            pixels, tokens = decode_sample(sample, manifest.image_size, manifest.context_length, vocab_size)
         except (CorruptSample, KeyError, ValueError):  # a corrupt sample is skipped and counted, as in training
             out.corrupt += 1
             continue

@@ -95,12 +95,12 @@ def test_unreadable_tar_is_skipped_and_counted(tmp_path):
     write_split(tmp_path / "t", "cc12m", "train", 40, samples_per_shard=10)
     shard = tmp_path / "t/shard-00001-0000.tar"
     shard.write_bytes(shard.read_bytes()[:3000])  # truncated in the middle of a member
-    lo = loader(tmp_path / "t", micro_batch_size=2, shuffle_buffer=1)
-    assert len(epoch_batches(lo)) == 2 * lo.steps_in_epoch(0)  # padded: still every batch
-    assert lo.corrupt_total >= 1
     val = ValLoader(tmp_path / "t", batch_size=8)
     n = sum(len(b) for b in val)
-    assert 30 <= n < 40 and val.corrupt >= 1
+    assert 30 <= n < 39 and val.corrupt == 40 - n  # every sample the truncation lost, not one per damage
+    lo = loader(tmp_path / "t", micro_batch_size=2, shuffle_buffer=1)
+    assert len(epoch_batches(lo)) == 2 * lo.steps_in_epoch(0)  # padded: still every batch
+    assert lo.corrupt_total >= 40 - n
 
 
 def test_bad_token_array_is_corrupt(tmp_path):
@@ -136,3 +136,25 @@ def test_invalid_stream_counts(split):
         loader(split, micro_batch_size=3, streams=2)
     with pytest.raises(ValueError, match="no optimiser step"):
         loader(split, micro_batch_size=64).steps_in_epoch(0)
+
+
+def test_token_ids_outside_the_vocabulary_are_corrupt(tmp_path):
+    """Ids at or above the model's vocabulary once reached the embedding and crashed training."""
+    write_split(tmp_path / "v", "cc12m", "val", 8, samples_per_shard=8, vocab_size=256)
+    path = tmp_path / "v/shard-00000-0000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for m, data in members:
+            if m.name.endswith("0000005.tokens.npy"):
+                tokens = np.load(io.BytesIO(data))
+                tokens[2] = 256  # one past the vocabulary
+                buffer = io.BytesIO()
+                np.save(buffer, tokens)
+                data = buffer.getvalue()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    val = ValLoader(tmp_path / "v", batch_size=8)
+    assert sum(len(b) for b in val) == 8  # without a vocabulary nothing is checked
+    val.vocab_size = 256
+    assert sum(len(b) for b in val) == 7 and val.corrupt == 1
