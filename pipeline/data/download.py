@@ -54,7 +54,7 @@ from urllib.request import url2pathname
 
 import pandas as pd
 
-from pipeline.io import atomic_write, write_json
+from pipeline.io import atomic_write, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ ADDITIONAL_COLUMNS = ["image_id", "split", "captions"]
 SAMPLE_COLUMNS = ["tar", "key", "url", "caption", "captions", "image_id", "split", "width", "height"]
 MANIFEST = "download.json"
 URLS = "urls.parquet"
+REFUSED = "refused.json"  # rows the source refused to fetch, by reason
 MAIN = "main"
 # The options that change what a finished shard holds; changing one makes old outputs stale.
 OUTPUT_OPTIONS = (
@@ -108,6 +109,8 @@ def download(dataset: str, urls_df: pd.DataFrame, out_dir: str | Path, cfg: Any)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_parquet(urls, out_dir / URLS)
         write_json(out_dir / MANIFEST, manifest)
+    # Rows the source refused (an image outside its dataset's folder): counted, never fetched.
+    write_json(out_dir / REFUSED, dict(sorted(urls_df.attrs.get("refused", {}).items())))
     _run_pass(out_dir / URLS, out_dir / MAIN, cfg)
     if not _last_pass_complete(out_dir):
         retry_failed(out_dir, cfg)  # finish an interrupted retry pass first
@@ -148,6 +151,7 @@ def download_report(out_dir: str | Path) -> dict:
     final = final_status(out_dir)
     failed = final[final["status"] != "success"]
     rows, success = len(final), len(final) - len(failed)
+    refused = read_json(out_dir / REFUSED) if (out_dir / REFUSED).exists() else {}
     return {
         "dataset": manifest["dataset"],
         "rows": rows,
@@ -158,6 +162,8 @@ def download_report(out_dir: str | Path) -> dict:
         "retry_passes": len(_retry_names(out_dir)),
         "failed_by_status": _counts(failed["status"]),
         "failed_by_error": _counts(failed["error_message"].map(normalise_error)),
+        "refused": sum(refused.values()),
+        "refused_by_reason": refused,
     }
 
 

@@ -18,6 +18,8 @@ import csv
 import hashlib
 import json
 import logging
+import urllib.parse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,32 @@ def _clean(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _refusal(url: str, root: Path) -> str | None:
+    """Why an image may not be fetched (None: it may): a dataset's images are web URLs (http, https) or
+    local files inside the dataset's own folder `root`, never anywhere else the user can read (`..`,
+    absolute paths and symlinks out are refused), so nothing outside a dataset reaches its shards."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme != "file":
+        return f"scheme {parsed.scheme or '(none)'}: not http, https or file"
+    local = Path(urllib.parse.unquote(parsed.path)).resolve()
+    return None if local.is_relative_to(root.resolve()) else "local file outside the dataset folder"
+
+
+def _confined(rows: list[tuple], root: Path, dataset: str) -> tuple[list[tuple], dict[str, int]]:
+    """The rows whose image may be fetched, and the count of the others by reason (never fetched)."""
+    kept, refused = [], Counter()
+    for row in rows:
+        reason = _refusal(row[0], root)
+        if reason is None:
+            kept.append(row)
+        else:
+            refused[reason] += 1
+            log.warning("%s: refused %s (%s)", dataset, row[0][:200], reason)
+    return kept, dict(refused)
+
+
 def read_cc12m_tsv(path: str | Path) -> pd.DataFrame:
     """Read `cc12m.tsv`. Blank lines are skipped; any other line must be `url<TAB>caption` with a
     non-empty URL containing `://` and a non-empty caption without further tabs."""
@@ -117,8 +145,11 @@ def read_cc12m_tsv(path: str | Path) -> pd.DataFrame:
             if problem:
                 raise SourceError(f"{path}: line {lineno}: {problem}")
             rows.append((url, caption, json.dumps([caption], ensure_ascii=False), url_id(url), ""))
+    rows, refused = _confined(rows, path.parent, "cc12m")
     log.info("cc12m: %d rows from %s", len(rows), path)
-    return _frame(rows)
+    df = _frame(rows)
+    df.attrs["refused"] = refused
+    return df
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +224,10 @@ def read_coco_captions(annotations_dir: str | Path) -> pd.DataFrame:
         dropped += split_dropped
     if dropped:
         log.warning("mscoco: dropped %d images that have no caption", dropped)
+    rows, refused = _confined(rows, annotations_dir.resolve().parent, "mscoco")  # file:// only beside annotations/
     df = _frame(rows)
     df.attrs["dropped_without_captions"] = dropped
+    df.attrs["refused"] = refused
     return df
 
 
@@ -229,12 +262,14 @@ def read_karpathy_flickr30k(json_path: str | Path, images_dir: str | Path) -> pd
         if not caps:
             dropped += 1
             continue
-        url = (root / filename).as_uri()
+        url = (root / filename).as_uri()  # `..` or an absolute filename escapes root: refused below
         rows.append((url, caps[0], json.dumps(caps, ensure_ascii=False), Path(filename).stem, split))
     if dropped:
         log.warning("flickr30k: dropped %d images that have no caption", dropped)
+    rows, refused = _confined(rows, root, "flickr30k")
     df = _frame(rows)
     df.attrs["dropped_without_captions"] = dropped
+    df.attrs["refused"] = refused
     return df
 
 
@@ -275,12 +310,17 @@ def read_roco(root: str | Path) -> pd.DataFrame:
     """Read ROCO v2 as released on Zenodo; splits keep their names train/valid/test."""
     root = Path(root)
     _require(root, "roco", "the ROCO v2 folder")
-    rows = []
+    rows, refused = [], Counter()
     for split in ROCO_SPLITS:
         path = root / f"{split}_captions.csv"
         _require(path, "roco", f"the caption file {path.name}")
-        rows += _read_roco_csv(path, split, (root / split).resolve())
-    return _frame(rows)
+        split_rows, split_refused = _confined(_read_roco_csv(path, split, (root / split).resolve()), root / split,
+                                              "roco")
+        rows += split_rows
+        refused.update(split_refused)
+    df = _frame(rows)
+    df.attrs["refused"] = dict(refused)
+    return df
 
 
 # --------------------------------------------------------------------------------------------

@@ -73,6 +73,7 @@ def shard_files(pass_dir: Path) -> dict[str, int]:
 @pytest.mark.parametrize("resize_mode", ["keep_ratio", "no"])
 def test_download_records_each_failure_kind(tmp_path, resize_mode):
     urls = make_urls(tmp_path / "images")
+    urls.attrs["refused"] = {"local file outside the dataset folder": 2}  # what the source reader refused
     out = tmp_path / "out"
     report = dl.download("roco", urls, out, replace(CFG, resize_mode=resize_mode))
     assert report == {
@@ -85,12 +86,14 @@ def test_download_records_each_failure_kind(tmp_path, resize_mode):
         "retry_passes": 0,
         "failed_by_status": {"failed_to_resize": 2, "failed_to_download": 1},
         "failed_by_error": {UNDECODABLE: 2, MISSING: 1},
+        "refused": 2,
+        "refused_by_reason": {"local file outside the dataset folder": 2},
     }
     json.dumps(report)  # a DVC metrics file
     final = dl.final_status(out).set_index("row")["status"]
     assert final[5] == "failed_to_download" and final[6] == final[7] == "failed_to_resize"
     # the layout: the URL list, img2dataset's own folder, nothing else of img2dataset's
-    assert sorted(p.name for p in out.iterdir()) == ["download.json", "main", "urls.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["download.json", "main", "refused.json", "urls.parquet"]
     ends = (".tar", ".parquet", "_stats.json")
     assert set(shard_files(out / "main")) == {f"0000{i}{end}" for i in (0, 1) for end in ends}
 

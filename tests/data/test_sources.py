@@ -312,3 +312,45 @@ def test_cc12m_byte_order_mark_is_not_part_of_the_first_url(tmp_path):
     path.write_bytes("\ufeffhttps://a.example/1.jpg\tfirst caption\nhttps://b.example/2.jpg\tsecond\n".encode())
     df = read_cc12m_tsv(path)
     assert df["url"].tolist() == ["https://a.example/1.jpg", "https://b.example/2.jpg"]
+
+
+def test_flickr30k_paths_out_of_the_image_folder_are_refused_and_counted(tmp_path):
+    """A filename of ../../x.jpg, an absolute path or a symlink out once pulled any readable image into
+    the shards. Such rows are counted by reason and never fetched."""
+    secret = tmp_path / "outside/secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(b"private")
+    path, images_dir = write_karpathy(tmp_path)
+    (images_dir / "link.jpg").symlink_to(secret)
+    data = json.loads(path.read_text())
+    for image, name in zip(data["images"], ["../outside/secret.jpg", str(secret), "link.jpg"]):
+        image["filename"] = name
+    path.write_text(json.dumps(data))
+    df = read_karpathy_flickr30k(path, images_dir)
+    assert df["image_id"].tolist() == ["1003"]  # the one row with a file inside the folder
+    assert df.attrs["refused"] == {"local file outside the dataset folder": 3}
+
+
+def test_coco_urls_are_web_urls_or_files_beside_the_annotations(tmp_path):
+    root = tmp_path / "mscoco"
+    inside = root / "val2017/000000000139.jpg"
+    train = coco_json([(9, "train"), (25, "train")], [(9, 1, "A cat."), (25, 2, "A dog.")])
+    train["images"][0]["coco_url"] = (tmp_path / "elsewhere/9.jpg").as_uri()
+    train["images"][1]["coco_url"] = "ftp://example.org/25.jpg"
+    val = coco_json([(139, "val")], [(139, 5, "A room.")])
+    val["images"][0]["coco_url"] = inside.as_uri()
+    df = read_coco_captions(write_coco(root / "annotations", train=train, val=val))
+    assert df["image_id"].tolist() == ["139"]
+    assert df.attrs["refused"] == {"local file outside the dataset folder": 1,
+                                   "scheme ftp: not http, https or file": 1}
+
+
+def test_cc12m_local_files_stay_in_the_lists_folder(tmp_path):
+    path = tmp_path / "cc12m/cc12m.tsv"
+    path.parent.mkdir()
+    path.write_text(f"{(tmp_path / 'cc12m/images/1.jpg').as_uri()}\tinside\n"
+                    f"{(tmp_path / 'cc12m/../other/2.jpg').as_uri()}\toutside\n"
+                    "https://a.example/3.jpg\ton the web\n")
+    df = read_cc12m_tsv(path)
+    assert df["caption"].tolist() == ["inside", "on the web"]
+    assert df.attrs["refused"] == {"local file outside the dataset folder": 1}
