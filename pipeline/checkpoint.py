@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pipeline.checks import UserError
 from pipeline.io import atomic_write
 from pipeline.model.coca import CoCa
 from pipeline.model.config import ModelConfig
@@ -30,7 +31,7 @@ FORMAT = 2
 _FORMAT1_KEYS = ("dropout", "pad_id", "eos_id", "bos_id", "cls_id")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that is not a usable grr-coca model checkpoint."""
 
 

@@ -9,11 +9,30 @@ This module imports nothing of the project, so the model package can use it with
 from __future__ import annotations
 
 import math
+import os
+import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error the user can fix (a bad value, a missing or malformed file): reported as one line that
+    says what and where, without a traceback (`--debug`, or GRR_COCA_DEBUG=1, shows it)."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration key or value that the pipeline cannot accept."""
+
+
+def exit_on_user_error(main: Callable[[], Any], prefix: str = "error") -> None:
+    """Run a stage's or the CLI's main(); a UserError exits 1 with `<prefix>: <message>` on stderr."""
+    try:
+        main()
+    except UserError as e:
+        if os.environ.get("GRR_COCA_DEBUG") == "1":
+            raise
+        print(f"{prefix}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def fail(key: str, value: Any, allowed: str) -> NoReturn:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-from pipeline.config import ConfigError, build_config, load_config, preset_names
+from pipeline.checks import exit_on_user_error
+from pipeline.config import build_config, load_config, preset_names
 from pipeline.names import DATASETS, EXPERIMENT
 
 
@@ -65,8 +68,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
         md = compare(args.tracking_uri, args.out, pins or None, experiment=args.experiment)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"grr-coca compare: {e}") from None
-    missing = md.read_text().count("> **Missing**")
+    text = md.read_text()
+    missing = text.count("> **Missing**")
     print(f"wrote {md}" + (f" ({missing} run(s) missing: see the report)" if missing else ""))
+    if "> **No experiment**" in text or "> **No tracking store**" in text:
+        raise SystemExit(f"grr-coca compare: no experiment {args.experiment!r} at "
+                         f"{args.tracking_uri or 'the default tracking store'}: nothing to compare (see {md})")
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> str:
@@ -78,6 +85,9 @@ def resolve_checkpoint(args: argparse.Namespace) -> str:
     from pipeline.tracking import repo_root, tracking_uri
 
     uri = args.tracking_uri or tracking_uri(repo_root())
+    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.is_file():  # MlflowClient would create an empty store there
+        raise SystemExit(f"grr-coca: no MLflow store at {store} (run from the repository, or pass --tracking-uri)")
     try:
         return mlflow.MlflowClient(uri).download_artifacts(args.run, "checkpoints/final.pt")
     except Exception as e:  # noqa: BLE001 - unknown run, no artifact, unreachable store: one message
@@ -100,18 +110,25 @@ def cmd_caption(args: argparse.Namespace) -> None:
 
 def cmd_retrieve(args: argparse.Namespace) -> None:
     """Rank the images of a folder by how well they match a text."""
-    from pathlib import Path
+    import torch
 
     from pipeline.evaluate.inference import CheckpointError, load_checkpoint, load_images, pick_device, rank_images
 
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
-    if not paths:
-        raise SystemExit(f"grr-coca retrieve: no .jpg/.jpeg/.png/.webp images in {args.images}")
     try:
         loaded = load_checkpoint(resolve_checkpoint(args), device=pick_device(args.device))
-        ranking = rank_images(loaded, load_images(paths, loaded.model.cfg.image_size), args.query)
     except CheckpointError as e:
         raise SystemExit(f"grr-coca retrieve: {e}") from None
+    readable = []
+    for path in paths:  # one unreadable image is skipped, not the whole ranking
+        try:
+            readable.append((path, load_images([path], loaded.model.cfg.image_size)))
+        except CheckpointError as e:
+            print(f"grr-coca retrieve: skipped {e}", file=sys.stderr)
+    if not readable:
+        raise SystemExit(f"grr-coca retrieve: no readable .jpg/.jpeg/.png/.webp image in {args.images}")
+    paths = [path for path, _ in readable]
+    ranking = rank_images(loaded, torch.cat([images for _, images in readable]), args.query)
     for rank, (index, score) in enumerate(ranking[: args.top], 1):
         print(f"{rank}\t{score:.4f}\t{paths[index]}")
 
@@ -126,6 +143,7 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grr-coca", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("config", help=cmd_config.__doc__)
@@ -176,11 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ConfigError as e:
-        print(f"grr-coca: configuration error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    if args.debug:
+        os.environ["GRR_COCA_DEBUG"] = "1"  # a user error shows its traceback too
+    exit_on_user_error(lambda: args.func(args), prefix="grr-coca: error")
 
 
 if __name__ == "__main__":

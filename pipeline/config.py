@@ -28,7 +28,7 @@ from pipeline.model.config import ModelConfig
 from pipeline.tokens import TokenLayout
 from pipeline.train.config import FinetuneConfig, PretrainConfig, TrainConfig
 
-__all__ = ["Config", "ConfigError", "build_config", "load_config", "model_preset", "preset_names", "stage_config"]
+__all__ = ["Config", "ConfigError", "build_config", "load_config", "model_preset", "preset_names"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -230,14 +230,6 @@ def load_config(params_path: str | Path = "params.yaml", **set_overrides: Any) -
     for dotted, value in set_overrides.items():
         _set_dotted(params, dotted.split("__"), value)
     return build_config(params, source=str(params_path))
-
-
-def stage_config(params_path: str | Path) -> Config:
-    """For stage scripts: the configuration, or exit with the one-line error (no traceback)."""
-    try:
-        return load_config(params_path)
-    except ConfigError as e:
-        raise SystemExit(f"configuration error: {e}") from None
 
 
 def build_config(params: dict[str, Any], source: str = "params") -> Config:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.io import write_json, write_text
+from pipeline.io import read_json, write_json, write_text
 from pipeline.names import EXPERIMENT, run_name
 
 VAL_COLUMNS = ("step", "epoch", "kind", "coca_loss", "caption_loss", "perplexity", "contrastive_loss", "lr_level")
@@ -234,10 +234,24 @@ class NullTracker(Tracker):
 
 
 def start_run(root: Path, tags: dict[str, str], params: dict[str, Any], run_id: str | None,
-              metrics_json: Path | None, val_tsv: Path | None = None) -> Tracker:
+              metrics_json: Path | None, val_tsv: Path | None = None, marker: Path | None = None) -> Tracker:
     """A tracker for one stage: MLflow (a new run named by tags["mlflow.runName"], or `run_id`
-    continued) and the stage's metrics files."""
+    continued) and the stage's metrics files.
+
+    `marker` (in the stage's state directory) names the run as soon as it exists. A run killed before
+    its first checkpoint cannot be continued (no checkpoint names it); the next start finds it there
+    and marks it FAILED rather than leaving it RUNNING for ever."""
     mlflow_run = MLflowBackend(tracking_uri(root), root, tags["mlflow.runName"], tags, params, run_id)
+    if marker is not None:
+        earlier = read_json(marker).get("run_id") if marker.exists() else None
+        if earlier and earlier != mlflow_run.run_id:
+            try:
+                if mlflow_run.client.get_run(earlier).info.status == "RUNNING":
+                    mlflow_run.client.set_terminated(earlier, "FAILED")
+                    print(f"MLflow run {earlier} was killed before its first checkpoint: marked FAILED", flush=True)
+            except Exception:  # noqa: BLE001 - not in this store (another tracking URI): nothing to mark
+                pass
+        write_json(marker, {"run_id": mlflow_run.run_id})
     return Tracker([mlflow_run, MetricsFilesBackend(metrics_json, val_tsv)])
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import stage_config  # noqa: E402
+from pipeline.checks import exit_on_user_error  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.data.demo import generate_demo  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--summary", required=True, help="metrics JSON")
     args = parser.parse_args()
 
-    cfg = stage_config(args.params)
+    cfg = load_config(args.params)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -41,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad value or a missing file: one line, no traceback

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import stage_config  # noqa: E402
+from pipeline.checks import exit_on_user_error  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.download import download, download_report, retry_failed  # noqa: E402
 from pipeline.data.sources import read_source  # noqa: E402
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--retry-failed", action="store_true", help="only re-download the failed rows")
     args = parser.parse_args()
 
-    cfg = stage_config(args.params)
+    cfg = load_config(args.params)
     out = Path(args.out)
     if args.retry_failed:
         retry_failed(out, cfg.data.download)
@@ -41,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad value or a missing file: one line, no traceback

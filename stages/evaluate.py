@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import stage_config  # noqa: E402
+from pipeline.checks import exit_on_user_error  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.evaluate.evaluation import evaluate, read_validation_set, samples_markdown  # noqa: E402
 from pipeline.evaluate.inference import load_checkpoint, pick_device  # noqa: E402
 from pipeline.io import write_text  # noqa: E402
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--samples", required=True, help="Markdown file of generated captions")
     args = parser.parse_args()
 
-    cfg = stage_config(args.params)
+    cfg = load_config(args.params)
     device = pick_device(cfg.train.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
     val = read_validation_set(args.val, cfg.evaluate.max_images, loaded.checkpoint.config.vocab_size)
@@ -45,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad value or a missing file: one line, no traceback

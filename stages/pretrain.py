@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import stage_config  # noqa: E402
+from pipeline.checks import exit_on_user_error  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.names import PRETRAIN_DATASET  # noqa: E402
 from pipeline.train.launch import relaunch_under_torchrun  # noqa: E402
 from pipeline.train.loop import NonFiniteLoss, train  # noqa: E402
@@ -29,9 +30,10 @@ def main() -> None:
     RunSpec.add_arguments(parser)
     args = parser.parse_args()
 
-    cfg = stage_config(args.params)
-    relaunch_under_torchrun(cfg.train.nproc_per_node)
+    cfg = load_config(args.params)
     spec = RunSpec.from_args(args, phase="pretrain", dataset=PRETRAIN_DATASET)
+    spec.check_inputs()  # before torchrun: a missing input is one line, not one traceback per process
+    relaunch_under_torchrun(cfg.train.nproc_per_node)
     try:
         train(cfg, spec)
     except NonFiniteLoss as e:
@@ -39,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad value or a missing file: one line, no traceback

@@ -10,7 +10,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import stage_config  # noqa: E402
+from pipeline.checks import exit_on_user_error  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.shard import shard_split  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--counts", required=True)
     args = parser.parse_args()
 
-    cfg = stage_config(args.params).data.shard
+    cfg = load_config(args.params).data.shard
     counts = {"dataset": args.dataset}
     for split in SPLITS:
         manifest = shard_split(
@@ -49,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad value or a missing file: one line, no traceback

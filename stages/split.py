@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import stage_config  # noqa: E402
+from pipeline.checks import exit_on_user_error  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.download import successful_samples  # noqa: E402
 from pipeline.data.split import make_splits  # noqa: E402
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--counts", required=True, help="metrics JSON with counts per split")
     args = parser.parse_args()
 
-    cfg = stage_config(args.params).data.split
+    cfg = load_config(args.params).data.split
     samples = successful_samples(Path(args.download))
     splits, counts = make_splits(args.dataset, samples, cfg.cc12m_val_fraction, cfg.hash_salt)
     out = Path(args.out)
@@ -35,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad value or a missing file: one line, no traceback

@@ -15,7 +15,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
-from pipeline.config import stage_config  # noqa: E402
+from pipeline.checks import exit_on_user_error  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
 from pipeline.data.tokenizer import build_tokenizer, encode_captions  # noqa: E402
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--counts", required=True, help="metrics JSON")
     args = parser.parse_args()
 
-    cfg = stage_config(args.params).data.tokenizer
+    cfg = load_config(args.params).data.tokenizer
     pairs = {(d, s): pd.read_parquet(Path(args.splits) / d / f"{s}.parquet") for d in DATASETS for s in SPLITS}
     training_captions = [c for (d, s), frame in pairs.items() if s == "train" for c in frame["caption"]]
     tokenizer = build_tokenizer(cfg.name, cfg.vocab_size, training_captions)
@@ -50,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad value or a missing file: one line, no traceback

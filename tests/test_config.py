@@ -194,6 +194,6 @@ def test_the_download_stage_stops_before_any_work_with_one_line(tmp_path, key, v
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"configuration error: key 'data.download.{key}': value {value!r} is not allowed; allowed: "
+        f"error: key 'data.download.{key}': value {value!r} is not allowed; allowed: "
         + ("an integer >= 0" if key == "retries" else "an integer >= 1")]
     assert [p.name for p in out.iterdir()] == ["finished.tar"] and not (tmp_path / "r.json").exists()

@@ -99,3 +99,22 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "train/coca_loss")) == [1, 2, 3, 4, 5, 6, 7]
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "val/coca_loss")) == [4, 8]
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_marked_failed(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import start_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    marker = tmp_path / "state/run.json"
+    killed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None, marker=marker)
+    # ... killed here: no checkpoint names the run, so the rerun starts a new one
+    rerun = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None, marker=marker)
+    rerun.finish()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(killed.run_id).info.status == "FAILED"
+    assert client.get_run(rerun.run_id).info.status == "FINISHED"
+    # a resumed run (the checkpoint names it) is the marked one: nothing else is touched
+    resumed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, rerun.run_id, None, marker=marker)
+    assert resumed.run_id == rerun.run_id and client.get_run(rerun.run_id).info.status == "RUNNING"

@@ -54,6 +54,7 @@ from urllib.request import url2pathname
 
 import pandas as pd
 
+from pipeline.checks import UserError
 from pipeline.io import atomic_write, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ NOT_DOWNLOADED = "not_downloaded"
 START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download folder that cannot be used (no download yet, or made with other options)."""
 
 
@@ -268,7 +269,8 @@ def _img2dataset(start_method: str | None = None):
     # albumentations asks pypi.org for a newer version on every import (2 s timeout), in every
     # child process too; the variable is inherited by the children.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from img2dataset import distributor, download as img2dataset_download, logger  # slow (~4 s): import lazily
+    from img2dataset import distributor, logger  # slow (~4 s): import lazily
+    from img2dataset import download as img2dataset_download
 
     start_method = start_method or START_METHOD
     saved_context = distributor.get_context

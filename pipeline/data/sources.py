@@ -25,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.checks import UserError
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ["url", "caption", "captions", "image_id", "split"]
@@ -58,7 +60,7 @@ SOURCE_KEYS = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A dataset file that is missing or not in the format its release uses."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from pipeline.checks import UserError
 from pipeline.tokens import TokenLayout
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -23,7 +24,7 @@ BOS, CLS = "<bos>", "<cls>"
 SPECIAL_TOKENS_ADDED = {"bos_token": BOS, "cls_token": CLS}
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(UserError, RuntimeError):
     pass
 
 
@@ -63,7 +64,14 @@ def load_pretrained(name: str) -> PreTrainedTokenizerFast:
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A small SentencePiece-style BPE tokenizer with T5's layout; `vocab_size` counts BOS and CLS."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     core = Tokenizer(models.BPE(unk_token=UNK))
     core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])

@@ -112,7 +112,7 @@ class Trainer:
             if d.is_main:
                 tags, params = run_description(self.cfg, self.spec, self.init_meta, d.world_size, d.device.type, extra)
                 self.tracker = start_run(repo_root(self.spec.repo), tags, params, self.state.run_id,
-                                         self.spec.metrics_json, self.spec.val_tsv)
+                                         self.spec.metrics_json, self.spec.val_tsv, self.spec.state_dir / "run.json")
         except Exception as e:  # noqa: BLE001 - reported to every process, then raised
             error = str(e)
         error, self.state.run_id = broadcast_object((error, self.tracker.run_id))

@@ -8,6 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.checks import UserError
+
 
 @dataclass
 class RunSpec:
@@ -36,6 +38,13 @@ class RunSpec:
         for flag, help_text in cls.ARGUMENTS:
             parser.add_argument(flag, required=True, help=help_text)
         return parser
+
+    def check_inputs(self) -> None:
+        """The shards' manifests and the initial checkpoint exist (else: which to make first)."""
+        wanted = [self.train_shards / "manifest.json", self.val_shards / "manifest.json", self.init]
+        missing = [str(path) for path in wanted if path is not None and not Path(path).is_file()]
+        if missing:
+            raise UserError(f"{', '.join(missing)}: not found; run the stages that make them first (dvc repro)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, phase: str, dataset: str, init: str | None = None) -> "RunSpec":

@@ -107,3 +107,40 @@ def test_evaluation_groups_captions_by_image(checkpoint, tmp_path):
     assert metrics["t2i_r5"] == metrics["t2i_r10"] == metrics["i2t_r10"] == 100.0
     assert 0.0 <= metrics["bleu4"] <= 1.0 and metrics["cider"] >= 0.0
     assert len(shown) == 4 and shown[0]["references"] == [CAPTIONS[0]] * 2
+
+
+def test_retrieve_skips_an_unreadable_image(checkpoint, tmp_path, capsys):
+    _, path, images, _, _ = checkpoint
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in images.iterdir():
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    cli(["retrieve", "--images", str(folder), "--query", "a red circle", "--checkpoint", str(path)])
+    captured = capsys.readouterr()
+    ranked = [line.split("\t")[2] for line in captured.out.strip().splitlines()]
+    assert sorted(ranked) == sorted(str(p) for p in folder.iterdir() if p.name != "broken.jpg")
+    assert "skipped" in captured.err and "broken.jpg" in captured.err
+
+
+def test_run_outside_a_repository_creates_no_tracking_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SystemExit, match=r"no MLflow store at .*mlflow.db"):
+        cli(["caption", "x.jpg", "--run", "0123456789abcdef"])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    """A missing source or an unusable download says what and where, exit 1, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    grr_coca = Path(sys.executable).parent / "grr-coca"
+    result = subprocess.run([str(grr_coca), "download", "roco", "--retry-failed", "--out", str(tmp_path / "none"),
+                             "--report", str(tmp_path / "r.json")], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"grr-coca: error: {tmp_path / 'none'}: nothing to retry: no download here yet (run the download first)"]

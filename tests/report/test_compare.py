@@ -68,7 +68,8 @@ def test_bad_pins_fail_with_a_clear_message(store, tmp_path: Path) -> None:
 
 def test_no_tracking_store_yet(tmp_path: Path, capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"
-    main(["compare", "--tracking-uri", uri, "--out", str(tmp_path / "reports")])
+    with pytest.raises(SystemExit, match=r"^grr-coca compare: no experiment 'grr-coca' at .*: nothing to compare"):
+        main(["compare", "--tracking-uri", uri, "--out", str(tmp_path / "reports")])  # the report is written
     assert capsys.readouterr().out.endswith(" (8 run(s) missing: see the report)\n")
     md = (tmp_path / "reports" / "comparison.md").read_text()
     assert "**No tracking store**" in md and not (tmp_path / "none").exists()
@@ -81,5 +82,7 @@ def test_no_tracking_store_yet(tmp_path: Path, capsys) -> None:
 
 
 def test_no_experiment_yet(store, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no experiment 'elsewhere'"):  # a misspelt --experiment is an error
+        main(["compare", "--tracking-uri", store["uri"], "--out", str(tmp_path), "--experiment", "elsewhere"])
     md = compare(store["uri"], tmp_path, experiment="elsewhere").read_text()
     assert f"**No experiment** `elsewhere` at `{store['uri']}`" in md and md.count("> **Missing**") == 8

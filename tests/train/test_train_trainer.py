@@ -199,3 +199,23 @@ def test_non_finite_validation_stops_the_run(tmp_path, data, mlflow_env, monkeyp
     with pytest.raises(NonFiniteLoss, match=r"validation on .*: non-finite loss \(caption nan"):
         train(build_cfg(), pretrain_spec(data, tmp_path))
     assert not (tmp_path / "out/final.pt").exists()
+
+
+def test_a_missing_input_stops_the_stage_with_one_line(tmp_path, data):
+    """Before torchrun starts: one line naming the missing file, not a traceback per process."""
+    import subprocess
+    import sys
+
+    from support.trainkit import REPO, write_params
+
+    params = write_params(tmp_path / "params.yaml", nproc_per_node=2, micro_batch_size=4)
+    missing = tmp_path / "pretrain/final.pt"
+    result = subprocess.run([sys.executable, str(REPO / "stages/finetune.py"), "mscoco", "--params", str(params),
+                             "--init", str(missing), "--train", str(data / "mscoco/train"), "--val",
+                             str(data / "mscoco/val"), "--tokenizer", str(tmp_path / "tok"), "--out",
+                             str(tmp_path / "out"), "--state", str(tmp_path / "state"), "--metrics",
+                             str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.tsv")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {missing}: not found; run the stages that make them first (dvc repro)"]
