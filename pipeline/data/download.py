@@ -1,21 +1,28 @@
 """Every dataset's images go through img2dataset, into webdataset tars, with failures recorded.
 
+Downloads are incremental per image. An image is identified by its URL (and, for a local file, its
+size and modification time, so that a changed file is fetched again). Each run fetches only the
+images of the current URL list that no pass has attempted yet: appended rows cost only themselves,
+removed rows are dropped from what the download offers, and a caption edit fetches nothing (captions,
+ids and splits are always taken from the current list). Changing an option that changes the stored
+bytes (OUTPUT_OPTIONS) makes every stored image stale: the download starts over.
+
 Layout of one dataset's `out_dir`:
 
-    download.json             what the outputs were made from: dataset, a digest of the URL list (and
-                              of the local files it points to), the output options; when any of
-                              them changes, the old outputs are removed and the download starts over
-    urls.parquet              the URL list (url, caption, captions, image_id, split), one row per image
-    main/                     img2dataset's output for urls.parquet:
+    download.json             the dataset and the output options the images were made with
+    urls.parquet              the current URL list (url, caption, captions, image_id, split, identity)
+    passes.json               the passes, in the order they ran
+    main.urls.parquet, main/  the first pass: its rows, and img2dataset's output for them:
         00000.tar               webdataset samples <key>.jpg, <key>.txt, <key>.json (successes only)
         00000.parquet           one row per input row: key, status, error_message, width, height, ...
         00000_stats.json        written last: img2dataset treats a shard with this file as done
-    retry-01.urls.parquet     the rows still failed after the passes before, plus their `row` in urls.parquet
-    retry-01/                 img2dataset's output for them, same layout as main/
-    retry-02.urls.parquet, retry-02/, ...
+    add-01.urls.parquet, add-01/      images a later URL list added, same layout
+    retry-01.urls.parquet, retry-01/  images still failed after the passes before, same layout
+    refused.json              rows the source refused to fetch (outside their dataset's folder), by reason
 
-A row's final status is success if any pass downloaded it, else the status of its last attempt.
-A row of a shard that img2dataset never finished counts as failed with status `not_downloaded`.
+A row's final status is success if any pass downloaded its image, else the status of its image's
+last attempt. A row of a shard that img2dataset never finished counts as failed (`not_downloaded`).
+A pass none of whose images is in the current list any more is deleted.
 
 img2dataset 1.47.0 facts this module relies on (read from its source, checked by the tests):
 - incremental_mode="incremental" skips every shard whose `<shard>_stats.json` exists in the output
@@ -34,8 +41,8 @@ img2dataset 1.47.0 facts this module relies on (read from its source, checked by
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -66,6 +73,7 @@ MANIFEST = "download.json"
 URLS = "urls.parquet"
 REFUSED = "refused.json"  # rows the source refused to fetch, by reason
 MAIN = "main"
+PASSES = "passes.json"  # the pass names, in the order they ran
 # The options that change what a finished shard holds; changing one makes old outputs stale.
 OUTPUT_OPTIONS = (
     "image_size",
@@ -93,58 +101,62 @@ class DownloadError(UserError, RuntimeError):
 
 
 def download(dataset: str, urls_df: pd.DataFrame, out_dir: str | Path, cfg: Any) -> dict:
-    """Download `urls_df` (columns url, caption, captions, image_id, split) into `out_dir` with
-    img2dataset, then re-download what failed, `cfg.retry_failed_passes` times (`cfg` is a
-    `DownloadConfig`). Rerunning with the same inputs resumes: finished shards and passes are kept.
-    Returns `download_report(out_dir)`."""
+    """Download the images of `urls_df` (columns url, caption, captions, image_id, split) that no pass
+    has attempted yet into `out_dir` with img2dataset, then re-download what failed, up to
+    `cfg.retry_failed_passes` times (`cfg` is a `DownloadConfig`). An interrupted pass is resumed
+    first: its finished shards are kept. Returns `download_report(out_dir)`."""
     out_dir = Path(out_dir)
     urls = _url_table(urls_df)
-    manifest = {
-        "dataset": dataset,
-        "rows": len(urls),
-        "inputs_sha256": _digest(urls),
-        **{name: getattr(cfg, name) for name in OUTPUT_OPTIONS},
-    }
-    if _read_manifest(out_dir) != manifest:
+    urls["identity"] = _identities(urls)
+    manifest = {"dataset": dataset, **{name: getattr(cfg, name) for name in OUTPUT_OPTIONS}}
+    if _read_manifest(out_dir) != manifest:  # other bytes per image (or an older layout): start over
         _clear(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_parquet(urls, out_dir / URLS)
         write_json(out_dir / MANIFEST, manifest)
+    _write_parquet(urls, out_dir / URLS)
     # Rows the source refused (an image outside its dataset's folder): counted, never fetched.
     write_json(out_dir / REFUSED, dict(sorted(urls_df.attrs.get("refused", {}).items())))
-    _run_pass(out_dir / URLS, out_dir / MAIN, cfg)
-    if not _last_pass_complete(out_dir):
-        retry_failed(out_dir, cfg)  # finish an interrupted retry pass first
-    for _ in range(cfg.retry_failed_passes - len(_retry_names(out_dir))):
+    _drop_unused_passes(out_dir, set(urls["identity"]))
+    for name in _passes(out_dir):  # finish an interrupted pass first
+        _run_pass(out_dir / f"{name}.urls.parquet", out_dir / name, cfg)
+    attempted = set().union(*(_pass_identities(out_dir, name) for name in _passes(out_dir)))
+    new = urls[~urls["identity"].isin(attempted)].drop_duplicates("identity")
+    if len(new) or not _passes(out_dir):
+        name = MAIN if not _passes(out_dir) else f"add-{sum(n.startswith('add-') for n in _passes(out_dir)) + 1:02d}"
+        log.info("%s: fetching %d new images into %s", out_dir, len(new), name)
+        _add_pass(out_dir, name, new)
+        _run_pass(out_dir / f"{name}.urls.parquet", out_dir / name, cfg)
+    trailing_retries = len(list(itertools.takewhile(lambda n: n.startswith("retry-"), reversed(_passes(out_dir)))))
+    for _ in range(cfg.retry_failed_passes - trailing_retries):
         if retry_failed(out_dir, cfg) is None:
             break  # nothing failed any more
     return download_report(out_dir)
 
 
 def retry_failed(out_dir: str | Path, cfg: Any) -> dict | None:
-    """One retry pass: re-download only the rows whose final status is still failed, into the next
-    `retry-NN/` (or finish an interrupted last pass). Returns the report, or None when no row failed."""
+    """One retry pass: re-download only the images of the current list whose rows are still failed,
+    into the next `retry-NN/` (or finish an interrupted last pass). Returns the report, or None when
+    no row failed."""
     out_dir = Path(out_dir)
     manifest = _checked_manifest(out_dir, cfg)
-    names = _retry_names(out_dir)
-    if names and not _pass_complete(out_dir / f"{names[-1]}.urls.parquet", out_dir / names[-1], manifest):
-        name = names[-1]  # interrupted: resume it rather than start another
+    passes = _passes(out_dir)
+    if passes and not _pass_complete(out_dir / f"{passes[-1]}.urls.parquet", out_dir / passes[-1], manifest):
+        name = passes[-1]  # interrupted: resume it rather than start another
     else:
-        failed = final_status(out_dir).query("status != 'success'")["row"].to_numpy()
-        if len(failed) == 0:
+        failed_rows = final_status(out_dir).query("status != 'success'")["row"].to_numpy()
+        if len(failed_rows) == 0:
             log.info("%s: no failed rows to retry", out_dir)
             return None
-        name = f"retry-{len(names) + 1:02d}"
-        urls = pd.read_parquet(out_dir / URLS).iloc[failed].copy()
-        urls["row"] = failed
-        _write_parquet(urls, out_dir / f"{name}.urls.parquet")
-        log.info("%s: retrying %d failed rows into %s", out_dir, len(urls), name)
+        name = f"retry-{len(_retry_names(out_dir)) + 1:02d}"
+        urls = pd.read_parquet(out_dir / URLS).iloc[failed_rows].drop_duplicates("identity")
+        _add_pass(out_dir, name, urls)
+        log.info("%s: retrying %d failed images into %s", out_dir, len(urls), name)
     _run_pass(out_dir / f"{name}.urls.parquet", out_dir / name, cfg)
     return download_report(out_dir)
 
 
 def download_report(out_dir: str | Path) -> dict:
-    """Counts of the final status of every input row, across the main pass and all retry passes."""
+    """Counts of the final status of every row of the current URL list, across all passes."""
     out_dir = Path(out_dir)
     manifest = _read_manifest(out_dir)
     if manifest is None:
@@ -169,48 +181,47 @@ def download_report(out_dir: str | Path) -> dict:
 
 
 def successful_samples(out_dir: str | Path) -> pd.DataFrame:
-    """One row per downloaded image (main pass, then retries), deduplicated by URL: where it is
-    (`tar` relative to out_dir, img2dataset's `key`) and what it is (url, captions, size)."""
+    """One row per downloaded image of the current URL list, deduplicated by URL: where it is (`tar`
+    relative to out_dir, img2dataset's `key`; the first pass that got it) and what it is (url, size,
+    and captions, image_id and split as the current list says)."""
     out_dir = Path(out_dir)
-    manifest = _read_manifest(out_dir)
-    if manifest is None:
+    if _read_manifest(out_dir) is None:
         raise DownloadError(f"{out_dir}: no download here ({MANIFEST} missing)")
-    frames = []
-    for name in [MAIN, *_retry_names(out_dir)]:
-        for shard, parquet in _finished_shards(out_dir / name):
-            df = pd.read_parquet(parquet, columns=[c for c in SAMPLE_COLUMNS if c != "tar"] + ["status"])
-            df = df[df["status"] == "success"].drop(columns="status")
-            df.insert(0, "tar", f"{name}/{parquet.stem}.tar")
-            frames.append(df)
-    if not frames:
+    attempts = _attempts(out_dir)
+    got = attempts[attempts["status"] == "success"].sort_values("pass", kind="stable").drop_duplicates("identity")
+    urls = pd.read_parquet(out_dir / URLS)
+    samples = urls.merge(got[["identity", "tar", "key", "width", "height"]], on="identity", how="inner")
+    if samples.empty:
         return pd.DataFrame({c: pd.Series(dtype=str) for c in SAMPLE_COLUMNS})
-    samples = pd.concat(frames, ignore_index=True).drop_duplicates("url", keep="first")
+    samples = samples.drop_duplicates("url", keep="first")
     samples[["width", "height"]] = samples[["width", "height"]].astype("int64")
     return samples.reset_index(drop=True)[SAMPLE_COLUMNS]
 
 
 def final_status(out_dir: str | Path) -> pd.DataFrame:
-    """Per row of urls.parquet: `row`, `status`, `error_message` (of its last attempt unless one
-    succeeded) and `retried` (whether a retry pass attempted it)."""
+    """Per row of the current urls.parquet: `row`, `status`, `error_message` (of its image's last
+    attempt unless one succeeded) and `retried` (whether a retry pass attempted its image)."""
     out_dir = Path(out_dir)
-    manifest = _read_manifest(out_dir) or {}
-    n_rows = len(pd.read_parquet(out_dir / URLS, columns=["url"])) if (out_dir / URLS).exists() else 0
-    attempts = _attempts(out_dir, manifest)
-    final = pd.DataFrame({"row": range(n_rows)})
+    identity = pd.read_parquet(out_dir / URLS, columns=["identity"])["identity"] if (out_dir / URLS).exists() \
+        else pd.Series([], dtype=str)
+    final = pd.DataFrame({"row": range(len(identity)), "identity": identity.to_numpy()})
     final["status"] = NOT_DOWNLOADED
     final["error_message"] = "shard not finished by img2dataset"
     final["retried"] = False
+    attempts = _attempts(out_dir)
     if len(attempts):
-        attempts = attempts.sort_values(["row", "pass"], kind="stable")
+        attempts = attempts.sort_values(["identity", "pass"], kind="stable")
         attempts["ok"] = attempts["status"] == "success"
-        last = attempts.drop_duplicates("row", keep="last").set_index("row")
-        ok = attempts.groupby("row")["ok"].any()
+        last = attempts.drop_duplicates("identity", keep="last").set_index("identity")
+        ok = attempts.groupby("identity")["ok"].any()
         last.loc[ok, "status"] = "success"
         last.loc[ok, "error_message"] = None
-        final.loc[last.index, ["status", "error_message"]] = last[["status", "error_message"]].to_numpy()
-        retried = attempts.loc[attempts["pass"] > 0, "row"].unique()
-        final.loc[retried, "retried"] = True
-    return final
+        retried = set(attempts.loc[attempts["retry"], "identity"])
+        known = final["identity"].isin(last.index)
+        final.loc[known, "status"] = last.loc[final.loc[known, "identity"], "status"].to_numpy()
+        final.loc[known, "error_message"] = last.loc[final.loc[known, "identity"], "error_message"].to_numpy()
+        final["retried"] = final["identity"].isin(retried)
+    return final.drop(columns="identity")
 
 
 def normalise_error(message: Any) -> str:
@@ -300,21 +311,24 @@ def _img2dataset(start_method: str | None = None):
 # --------------------------------------------------------------------------------------------
 
 
-def _attempts(out_dir: Path, manifest: dict) -> pd.DataFrame:
-    """Every recorded attempt: row (of urls.parquet), pass (0 = main), status, error_message."""
-    frames = []
+def _attempts(out_dir: Path) -> pd.DataFrame:
+    """Every recorded attempt: identity, status, error_message, pass (its place in passes.json),
+    retry (a retry pass?), and where a success is: tar, key, width, height."""
+    manifest = _read_manifest(out_dir) or {}
     per_shard = manifest.get("number_sample_per_shard", 1)
     key_base = 10 ** math.ceil(math.log10(per_shard))  # img2dataset's compute_key
-    for pass_index, name in enumerate([MAIN, *_retry_names(out_dir)]):
-        row_of = None if pass_index == 0 else pd.read_parquet(out_dir / f"{name}.urls.parquet")["row"].to_numpy()
+    frames = []
+    for index, name in enumerate(_passes(out_dir)):
+        identity = pd.read_parquet(out_dir / f"{name}.urls.parquet", columns=["identity"])["identity"].to_numpy()
         for shard, parquet in _finished_shards(out_dir / name):
-            df = pd.read_parquet(parquet, columns=["key", "status", "error_message"])
-            position = shard * per_shard + df["key"].astype("int64") % key_base
-            df["row"] = position.to_numpy() if row_of is None else row_of[position.to_numpy()]
-            df["pass"] = pass_index
-            frames.append(df.drop(columns="key"))
+            df = pd.read_parquet(parquet, columns=["key", "status", "error_message", "width", "height"])
+            position = shard * per_shard + df["key"].astype("int64") % key_base  # the row of the pass's list
+            df["identity"] = identity[position.to_numpy()]
+            df["pass"], df["retry"], df["tar"] = index, name.startswith("retry-"), f"{name}/{parquet.stem}.tar"
+            frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=["status", "error_message", "row", "pass"])
+        return pd.DataFrame(columns=["key", "status", "error_message", "width", "height", "identity", "pass",
+                                     "retry", "tar"])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -351,15 +365,37 @@ def _pass_complete(urls_path: Path, pass_dir: Path, manifest: dict | None) -> bo
     return expected <= {shard for shard, _ in _finished_shards(pass_dir)}
 
 
-def _last_pass_complete(out_dir: Path) -> bool:
-    names = _retry_names(out_dir)
-    if not names:
-        return True
-    return _pass_complete(out_dir / f"{names[-1]}.urls.parquet", out_dir / names[-1], _read_manifest(out_dir))
+def _passes(out_dir: Path) -> list[str]:
+    return read_json(out_dir / PASSES) if (out_dir / PASSES).exists() else []
 
 
 def _retry_names(out_dir: Path) -> list[str]:
-    return sorted(p.name.removesuffix(".urls.parquet") for p in out_dir.glob("retry-[0-9][0-9]*.urls.parquet"))
+    return [name for name in _passes(out_dir) if name.startswith("retry-")]
+
+
+def _pass_identities(out_dir: Path, name: str) -> set[str]:
+    return set(pd.read_parquet(out_dir / f"{name}.urls.parquet", columns=["identity"])["identity"])
+
+
+def _add_pass(out_dir: Path, name: str, urls: pd.DataFrame) -> None:
+    """Register a pass: its URL list first, then its name in passes.json (an interrupted registration
+    leaves an unlisted list, which the next pass of that name overwrites)."""
+    _write_parquet(urls.reset_index(drop=True), out_dir / f"{name}.urls.parquet")
+    write_json(out_dir / PASSES, [*_passes(out_dir), name])
+
+
+def _drop_unused_passes(out_dir: Path, current: set[str]) -> None:
+    """Delete the passes none of whose images is in the current URL list (their rows were removed)."""
+    keep = []
+    for name in _passes(out_dir):
+        if _pass_identities(out_dir, name) & current:
+            keep.append(name)
+            continue
+        log.info("%s: pass %s holds no image of the current list; removing it", out_dir, name)
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        (out_dir / f"{name}.urls.parquet").unlink(missing_ok=True)
+    if keep != _passes(out_dir):
+        write_json(out_dir / PASSES, keep)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,19 +424,20 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda f: df.to_parquet(f, index=False))
 
 
-def _digest(urls: pd.DataFrame) -> str:
-    """A digest of the URL list and, for file:// URLs, of each file's size and modification time:
-    a local image that changed (a regenerated demo, a fixed file) makes the old outputs stale even
-    where the URL list did not change."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(urls, index=True).to_numpy().tobytes())
-    for url in urls["url"]:
-        if url.startswith("file:"):
-            try:
-                st = os.stat(url2pathname(urlparse(url).path))
-                digest.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
-            except OSError:
-                digest.update(b"missing;")
-    return digest.hexdigest()
+def _identities(urls: pd.DataFrame) -> pd.Series:
+    """What each row's image is: its URL, and for a local file also its size and modification time,
+    so that a changed file (a regenerated demo, a fixed image) is fetched again."""
+
+    def stamp(url: str) -> str:
+        if not url.startswith("file:"):
+            return ""
+        try:
+            st = os.stat(url2pathname(urlparse(url).path))
+        except OSError:
+            return "missing"
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    return urls["url"] + "\t" + urls["url"].map(stamp)
 
 
 def _read_manifest(out_dir: Path) -> dict | None:
@@ -412,7 +449,7 @@ def _read_manifest(out_dir: Path) -> dict | None:
 
 def _checked_manifest(out_dir: Path, cfg: Any) -> dict:
     manifest = _read_manifest(out_dir)
-    if manifest is None or not (out_dir / URLS).exists():
+    if manifest is None or not (out_dir / URLS).exists() or not _passes(out_dir):
         raise DownloadError(f"{out_dir}: nothing to retry: no download here yet (run the download first)")
     changed = [name for name in OUTPUT_OPTIONS if manifest.get(name) != getattr(cfg, name)]
     if changed:
@@ -424,12 +461,14 @@ def _checked_manifest(out_dir: Path, cfg: Any) -> dict:
 
 
 def _clear(out_dir: Path) -> None:
-    """Remove what a download with other inputs or options left (only the files this module writes)."""
+    """Remove what a download with other output options (or an older layout) left: only the files
+    this module writes."""
     if not out_dir.exists():
         return
-    stale = [out_dir / MAIN, out_dir / URLS, out_dir / MANIFEST, *out_dir.glob("retry-[0-9][0-9]*")]
+    stale = [out_dir / URLS, out_dir / MANIFEST, out_dir / PASSES, out_dir / REFUSED,
+             *out_dir.glob("main*"), *out_dir.glob("add-[0-9][0-9]*"), *out_dir.glob("retry-[0-9][0-9]*")]
     if any(p.exists() for p in stale):
-        log.warning("%s: inputs or output options changed; removing the previous download", out_dir)
+        log.warning("%s: output options changed; removing the previous download", out_dir)
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path)

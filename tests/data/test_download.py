@@ -93,7 +93,8 @@ def test_download_records_each_failure_kind(tmp_path, resize_mode):
     final = dl.final_status(out).set_index("row")["status"]
     assert final[5] == "failed_to_download" and final[6] == final[7] == "failed_to_resize"
     # the layout: the URL list, img2dataset's own folder, nothing else of img2dataset's
-    assert sorted(p.name for p in out.iterdir()) == ["download.json", "main", "refused.json", "urls.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["download.json", "main", "main.urls.parquet", "passes.json",
+                                                     "refused.json", "urls.parquet"]
     ends = (".tar", ".parquet", "_stats.json")
     assert set(shard_files(out / "main")) == {f"0000{i}{end}" for i in (0, 1) for end in ends}
 
@@ -141,10 +142,11 @@ def test_retry_recovers_rows_that_failed(tmp_path):
     report = dl.retry_failed(out, CFG)
     assert report["retry_passes"] == 2 and report["success"] == 6
     assert pd.read_parquet(out / "retry-02.urls.parquet")["image_id"].tolist() == ["text", "truncated"]
-    # a local file changed since the main pass: the whole download is redone, not resumed
+    # a local file changed since the main pass (missing.jpg now exists): only that image is fetched again
     report = dl.download("mscoco", urls, out, CFG)
-    assert (report["success"], report["recovered_by_retry"], report["retry_passes"]) == (6, 0, 0)
-    assert not (out / "retry-01").exists()
+    assert (report["success"], report["failed"], report["retry_passes"]) == (6, 2, 2)
+    assert pd.read_parquet(out / "add-01.urls.parquet")["image_id"].tolist() == ["missing"]
+    assert (out / "retry-01").exists()
 
 
 def test_download_runs_the_configured_retry_passes(tmp_path, monkeypatch):
@@ -200,14 +202,18 @@ def test_incremental_resume_redownloads_only_missing_shards(tmp_path, monkeypatc
     assert dl.download("cc12m", urls, out, CFG) == first
 
 
-def test_changed_inputs_replace_old_outputs(tmp_path):
+def test_fewer_rows_fetch_nothing_and_other_options_start_over(tmp_path, monkeypatch):
     urls = make_urls(tmp_path / "images")
     out = tmp_path / "out"
     dl.download("roco", urls, out, CFG)
-    report = dl.download("roco", urls.iloc[:2], out, CFG)
-    assert (report["rows"], report["success"]) == (2, 2)
-    assert sorted(shard_files(out / "main")) == ["00000.parquet", "00000.tar", "00000_stats.json"]
-    report = dl.download("roco", urls.iloc[:2], out, replace(CFG, image_size=16))
+    main = shard_files(out / "main")
+    with monkeypatch.context() as mp:
+        mp.setattr(dl, "_img2dataset", None)  # nothing to fetch: img2dataset must not start
+        report = dl.download("roco", urls.iloc[:2], out, CFG)
+    assert (report["rows"], report["success"]) == (2, 2) and shard_files(out / "main") == main
+    assert len(dl.successful_samples(out)) == 2
+    report = dl.download("roco", urls.iloc[:2], out, replace(CFG, image_size=16))  # other bytes: refetched
+    assert dl._passes(out) == ["main"] and len(pd.read_parquet(out / "main.urls.parquet")) == 2
     assert dl.successful_samples(out)[["width", "height"]].min().min() <= 16
 
 
@@ -229,3 +235,66 @@ def test_normalise_error():
     assert dl.normalise_error("HTTP Error 404: Not Found") == "HTTP Error 404: Not Found"
     assert dl.normalise_error("bad thing at https://x.example/a?b=1 now") == "bad thing at <url> now"
     assert dl.normalise_error(None) == "unknown"
+
+
+@pytest.fixture
+def image_server(tmp_path):
+    """A real HTTP image server on 127.0.0.1 that counts the requests for each path."""
+    import http.server
+    import threading
+    from collections import Counter
+
+    root = tmp_path / "served"
+    root.mkdir()
+    hits: Counter = Counter()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            hits[self.path] += 1
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_downloads_are_incremental_per_row_counted_at_the_server(tmp_path, image_server):
+    """N rows, then N + k (only the k are fetched), then a caption edit (nothing is fetched and the new
+    caption is what the download offers), then fewer rows (nothing fetched, the removed rows gone)."""
+    root, base, hits = image_server
+    for i in range(10):
+        (root / f"{i}.jpg").write_bytes(jpeg_bytes(40 + i, 30, (20 * i, 100, 50)))
+
+    def rows(n: int, edited: dict | None = None) -> pd.DataFrame:
+        captions = {i: f"caption {i}" for i in range(n)} | (edited or {})
+        return pd.DataFrame([{"url": f"{base}/{i}.jpg", "caption": captions[i], "captions": json.dumps([captions[i]]),
+                              "image_id": str(i), "split": ""} for i in range(n)])
+
+    out = tmp_path / "out"
+    assert dl.download("cc12m", rows(6), out, CFG)["success"] == 6
+    assert sum(hits.values()) == 6
+    hits.clear()
+    report = dl.download("cc12m", rows(10), out, CFG)
+    assert (report["rows"], report["success"]) == (10, 10)
+    assert sorted(hits) == ["/6.jpg", "/7.jpg", "/8.jpg", "/9.jpg"] and sum(hits.values()) == 4
+    hits.clear()
+    dl.download("cc12m", rows(10, {3: "an edited caption"}), out, CFG)
+    assert sum(hits.values()) == 0
+    samples = dl.successful_samples(out).set_index("image_id")
+    assert samples.loc["3", "caption"] == "an edited caption"
+    assert json.loads(samples.loc["3", "captions"]) == ["an edited caption"]
+    report = dl.download("cc12m", rows(4), out, CFG)
+    assert sum(hits.values()) == 0 and (report["rows"], report["success"]) == (4, 4)
+    assert sorted(dl.successful_samples(out)["image_id"]) == ["0", "1", "2", "3"]
+    assert dl._passes(out) == ["main"]  # add-01 held only removed rows: deleted
