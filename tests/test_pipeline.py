@@ -119,6 +119,22 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
     generate.write_text(original)
     assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
 
+    # An edit to a source file reruns the downloads (the demo's files and the paper's data/raw/<dataset>
+    # alike); undone, everything is clean again.
+    tsv = repo / "data/raw/demo/cc12m/cc12m.tsv"
+    original = tsv.read_bytes()
+    tsv.write_bytes(original.replace(b"\t", b"\tedited: ", 1))
+    changed = {line.rstrip(":") for line in run(dvc("status"), repo, env).splitlines()
+               if line and not line.startswith(("\t", " "))}
+    assert {f"download@{d}" for d in ("cc12m", "mscoco", "flickr30k", "roco")} <= changed, changed
+    tsv.write_bytes(original)
+    paper_tsv = repo / "data/raw/cc12m/cc12m.tsv"  # where the paper preset reads CC12M
+    paper_tsv.parent.mkdir(parents=True)
+    paper_tsv.write_text("https://example.org/1.jpg\ta caption\n")
+    assert "download@cc12m" in run(dvc("status"), repo, env)
+    shutil.rmtree(paper_tsv.parent)
+    assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
+
     # The comparison report finds the runs the trainer logged, by the names it gave them.
     report = json.loads(run_compare(repo, env))
     for dataset in ("cc12m", "mscoco", "roco", "flickr30k"):
