@@ -103,19 +103,23 @@ def test_unreadable_tar_is_skipped_and_counted(tmp_path):
     assert lo.corrupt_total >= 40 - n
 
 
-def test_bad_token_array_is_corrupt(tmp_path):
-    write_split(tmp_path / "k", "cc12m", "val", 8, samples_per_shard=8)
-    path = tmp_path / "k/shard-00000-0000.tar"
+def replace_tokens(path, sample: str, change) -> None:
+    """Rewrite one sample's token array in a shard (the sample's key ends with `sample`)."""
     with tarfile.open(path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     with tarfile.open(path, "w") as tar:
         for m, data in members:
-            if m.name.endswith("0000002.tokens.npy"):
+            if m.name.endswith(f"{sample}.tokens.npy"):
                 buffer = io.BytesIO()
-                np.save(buffer, np.zeros(5, dtype=np.int32))  # wrong length
+                np.save(buffer, change(np.load(io.BytesIO(data))))
                 data = buffer.getvalue()
                 m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
+
+
+def test_bad_token_array_is_corrupt(tmp_path):
+    write_split(tmp_path / "k", "cc12m", "val", 8, samples_per_shard=8)
+    replace_tokens(tmp_path / "k/shard-00000-0000.tar", "0000002", lambda tokens: np.zeros(5, dtype=np.int32))
     val = ValLoader(tmp_path / "k", batch_size=8)
     assert sum(len(b) for b in val) == 7 and val.corrupt == 1
 
@@ -141,19 +145,12 @@ def test_invalid_stream_counts(split):
 def test_token_ids_outside_the_vocabulary_are_corrupt(tmp_path):
     """Ids at or above the model's vocabulary once reached the embedding and crashed training."""
     write_split(tmp_path / "v", "cc12m", "val", 8, samples_per_shard=8, vocab_size=256)
-    path = tmp_path / "v/shard-00000-0000.tar"
-    with tarfile.open(path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(path, "w") as tar:
-        for m, data in members:
-            if m.name.endswith("0000005.tokens.npy"):
-                tokens = np.load(io.BytesIO(data))
-                tokens[2] = 256  # one past the vocabulary
-                buffer = io.BytesIO()
-                np.save(buffer, tokens)
-                data = buffer.getvalue()
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
+
+    def past_the_vocabulary(tokens):
+        tokens[2] = 256
+        return tokens
+
+    replace_tokens(tmp_path / "v/shard-00000-0000.tar", "0000005", past_the_vocabulary)
     val = ValLoader(tmp_path / "v", batch_size=8)
     assert sum(len(b) for b in val) == 8  # without a vocabulary nothing is checked
     val.vocab_size = 256

@@ -51,6 +51,21 @@ def test_two_processes_match_one_process_step_by_step(tmp_path, data, mlflow_uri
     assert len(history(mlflow_uri, one, "train/coca_loss")) == 8  # 2 epochs x 4 steps
 
 
+def start_until_step(work: Path, data: Path, params: Path, mlflow_uri: str, step: int,
+                     **popen) -> subprocess.Popen:
+    """The 2-process stage, returned once its checkpoint summary reaches `step` (still running)."""
+    proc = subprocess.Popen(stage_command(work, data, 2, params), cwd=work, env=stage_env(mlflow_uri),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    summary, deadline = work / "state/last.json", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if summary.exists() and json.loads(summary.read_text())["step"] >= step:
+            break
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.fail("the run ended before it could be killed")
+    return proc
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -64,15 +79,8 @@ def test_sigkill_mid_epoch_then_restart_gives_the_same_weights(tmp_path, data, m
     run ends."""
     params = write_params(tmp_path / "params.yaml", **{**TWO, "ckpt_every_steps": 1})
     summary = tmp_path / "state/last.json"
-    proc = subprocess.Popen(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_until_step(tmp_path, data, params, mlflow_uri, 2)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if summary.exists() and json.loads(summary.read_text())["step"] >= 2:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
         workers = _children(proc.pid)
         assert len(workers) == 2
         for pid in workers:  # the two training processes die at once, wherever they are
@@ -127,15 +135,8 @@ def test_a_process_group_kill_leaves_no_orphans_and_the_rerun_resumes_bitwise(tm
     state directory); the state lock would stop a rerun while one lived. The rerun resumes bitwise."""
     params = write_params(tmp_path / "params.yaml", **{**TWO, "ckpt_every_steps": 1})
     summary = tmp_path / "state/last.json"
-    proc = subprocess.Popen(stage_command(tmp_path, data, 2, params), cwd=tmp_path, env=stage_env(mlflow_uri),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_until_step(tmp_path, data, params, mlflow_uri, kill_at, start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if summary.exists() and json.loads(summary.read_text())["step"] >= kill_at:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
         workers = _children(proc.pid)
         assert len(workers) == 2
         os.killpg(proc.pid, signal.SIGKILL)
