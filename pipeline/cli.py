@@ -23,7 +23,8 @@ def cmd_params(args: argparse.Namespace) -> None:
     """Trainable parameters of both encoders, per component, against the paper's totals."""
     from pipeline.model.params import format_param_report
 
-    cfg = build_config({"preset": args.preset})
+    vit = {k: v for k, v in (("norm", args.vit_norm), ("ffn", args.vit_ffn), ("pos", args.vit_pos)) if v}
+    cfg = build_config({"preset": args.preset, "model": {"vit": vit}} if vit else {"preset": args.preset})
     print(format_param_report(cfg.model))
 
 
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help=cmd_params.__doc__)
     p.add_argument("--preset", default="paper", choices=preset_names())
+    p.add_argument("--vit-norm", help="count a ViT design beside the two bundles: layernorm or rmsnorm")
+    p.add_argument("--vit-ffn", help="gelu or geglu")
+    p.add_argument("--vit-pos", help="sincos, learned or rope2d")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("download", help=cmd_download.__doc__)

@@ -271,8 +271,9 @@ def run_description(cfg: Any, spec: Any, init_meta: dict, world_size: int, devic
                     extra: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
     """(tags, params) of a training stage's MLflow run: every resolved parameter, plus where the run
     comes from (git commit, DVC experiment, the DVC hashes of its inputs, the pre-training run)."""
-    encoder = cfg.model.encoder
-    tags = {"mlflow.runName": run_name(spec.phase, spec.dataset, encoder), "encoder": encoder,
+    encoder = cfg.model.variant  # a bundle's name (grr, baseline), else the ViT design (vit-rmsnorm-gelu-sincos)
+    design = dict(zip(("vit.norm", "vit.ffn", "vit.pos"), cfg.model.vit_design))  # in force, bundle resolved
+    tags = {"mlflow.runName": run_name(spec.phase, spec.dataset, encoder), "encoder": encoder, **design,
             "preset": cfg.preset, "phase": spec.phase, "dataset": spec.dataset, "git_commit": git_commit(spec.repo),
             "world_size": str(world_size), "device": device}
     if os.environ.get("DVC_EXP_NAME"):
@@ -281,6 +282,6 @@ def run_description(cfg: Any, spec: Any, init_meta: dict, world_size: int, devic
     tags.update({f"dvc_md5.{path}": md5 for path, md5 in dvc_hashes(Path(spec.repo), inputs).items()})
     if init_meta.get("run_id"):
         tags["pretrain_run_id"] = init_meta["run_id"]
-    params = {**cfg.flat(), "run.phase": spec.phase, "run.dataset": spec.dataset, "run.world_size": world_size,
+    params = {**cfg.flat(), **design, "run.phase": spec.phase, "run.dataset": spec.dataset, "run.world_size": world_size,
               "run.init": init_meta.get("path", ""), **extra}
     return tags, params

@@ -118,3 +118,21 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_failed(tmp_path, mon
     # a resumed run (the checkpoint names it) is the marked one: nothing else is touched
     resumed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, rerun.run_id, None, marker=marker)
     assert resumed.run_id == rerun.run_id and client.get_run(rerun.run_id).info.status == "RUNNING"
+
+
+def test_runs_are_named_and_tagged_by_their_vit_design(tmp_path):
+    """A bundle keeps its name (and the report finds it); any other design is named by its factors,
+    so the comparison of the two bundles never picks up an ablation run."""
+    from types import SimpleNamespace
+
+    from pipeline.config import build_config
+    from pipeline.tracking import run_description
+
+    spec = SimpleNamespace(phase="pretrain", dataset="cc12m", repo=tmp_path, train_shards=tmp_path, val_shards=tmp_path,
+                           tokenizer=None, init=None)
+    for vit, name in (({}, "pretrain-baseline"), ({"norm": "rmsnorm"}, "pretrain-vit-rmsnorm-gelu-sincos"),
+                      ({"norm": "rmsnorm", "ffn": "geglu", "pos": "rope2d"}, "pretrain-grr")):
+        cfg = build_config({"preset": "smoke", "model": {"encoder": "baseline", "vit": vit}})
+        tags, params = run_description(cfg, spec, {}, 1, "cpu", {})
+        assert tags["mlflow.runName"] == name and tags["encoder"] == name.removeprefix("pretrain-")
+        assert (tags["vit.norm"], params["vit.ffn"]) == (cfg.model.vit_design[0], cfg.model.vit_design[1])

@@ -7,9 +7,11 @@
     text   -> UnimodalTextDecoder (causal)               -> hidden states; output at CLS = text embedding
            -> MultimodalTextDecoder (causal + cross-attn) -> vocabulary logits (captioning loss)
 
-The two variants differ only in the ViT (``ModelConfig.encoder``):
+The two variants differ only in the ViT (``ModelConfig.encoder``, the paper's two bundles):
     baseline: pre-norm LayerNorm, GELU MLP (mlp_ratio), fixed 2-D sin-cos positions added once;
     grr:      pre-norm RMSNorm, GEGLU (geglu_ratio), 2-D RoPE on queries and keys in every layer.
+Each of the three choices is also a switch of its own (``model.vit.norm/ffn/pos``; ``learned``
+positions as a third option), for ablations.
 Both text decoders use RMSNorm, GEGLU and 1-D RoPE in both variants.
 
 Layout (open_clip's CoCa layout, docs/paper.md §Parameter accounting): poolers have learned queries,
@@ -88,19 +90,27 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
-        self.encoder = cfg.encoder
+        norm_kind, ffn_kind, self.pos_kind = cfg.vit_design
         self.patch_embed = nn.Conv2d(3, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        if cfg.encoder == "baseline":
+        if self.pos_kind == "sincos":
             # Fixed (non-trainable) absolute positions, added once to the patch embeddings.
             self.register_buffer("pos_embed", sincos_2d_positions(cfg.grid_size, cfg.dim),
                                  persistent=False)
-            norm, ff = nn.LayerNorm, lambda: GeluMLP(cfg.dim, cfg.mlp_hidden, dropout)
+        elif self.pos_kind == "learned":
+            # Trained absolute positions, added once (initialised in CoCa._init_weights).
+            self.pos_embed = nn.Parameter(torch.zeros(cfg.num_patches, cfg.dim))
         else:
             # 2-D RoPE tables for the fixed patch grid, applied to q and k in every layer.
             rope_cos, rope_sin = rope_2d(*patch_grid(cfg.grid_size), cfg.head_dim, cfg.rope_base)
             self.register_buffer("rope_cos", rope_cos, persistent=False)
             self.register_buffer("rope_sin", rope_sin, persistent=False)
-            norm, ff = RMSNorm, lambda: GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=True)
+        norm = nn.LayerNorm if norm_kind == "layernorm" else RMSNorm
+        if ffn_kind == "gelu":
+            def ff() -> nn.Module:
+                return GeluMLP(cfg.dim, cfg.mlp_hidden, dropout)
+        else:
+            def ff() -> nn.Module:
+                return GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=True)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg.dim, cfg.heads, norm, ff(), dropout)
@@ -111,10 +121,10 @@ class VisionTransformer(nn.Module):
         # later op of the residual stream would run on a transposed (slow) memory layout
         x = self.patch_embed(images).flatten(2).transpose(1, 2).contiguous()
         rope = None
-        if self.encoder == "baseline":
-            x = x + self.pos_embed.to(x.dtype)
-        else:
+        if self.pos_kind == "rope2d":
             rope = (self.rope_cos, self.rope_sin)
+        else:
+            x = x + self.pos_embed.to(x.dtype)
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, rope=rope)
@@ -256,6 +266,8 @@ class CoCa(nn.Module):
                     nn.init.zeros_(module.bias)
         for pooler in (self.generative_pooler, self.contrastive_pooler):
             init_trunc_normal_(pooler.query, std)
+        if isinstance(getattr(self.visual, "pos_embed", None), nn.Parameter):
+            init_trunc_normal_(self.visual.pos_embed, std)  # learned positions (not in the paper's bundles)
         text_blocks = list(self.unimodal.blocks)
         for layer in self.multimodal.layers:
             text_blocks += [layer.self_block, layer.cross_block]
@@ -334,6 +346,8 @@ class CoCa(nn.Module):
         embedding, the pooler queries and the logit scale."""
         no_decay_ids = {id(self.logit_scale), id(self.unimodal.token_embedding.weight),
                         id(self.generative_pooler.query), id(self.contrastive_pooler.query)}
+        if isinstance(getattr(self.visual, "pos_embed", None), nn.Parameter):
+            no_decay_ids.add(id(self.visual.pos_embed))
         for module in self.modules():
             if isinstance(module, (nn.LayerNorm, RMSNorm)):
                 no_decay_ids.update(id(p) for p in module.parameters(recurse=False))

@@ -19,6 +19,27 @@ from pipeline.tokens import TokenLayout
 
 SECTION = "model"
 
+# The ViT's three design choices (docs/paper.md §Architecture) and the paper's two bundles of them.
+VIT_NORMS = ("layernorm", "rmsnorm")
+VIT_FFNS = ("gelu", "geglu")
+VIT_POSITIONS = ("sincos", "learned", "rope2d")
+BUNDLES = {"baseline": ("layernorm", "gelu", "sincos"), "grr": ("rmsnorm", "geglu", "rope2d")}
+
+
+@dataclass
+class VitFactors:
+    """Each GRR change on its own switch (`model.vit.norm` ...); null takes it from `model.encoder`'s
+    bundle, so `model.encoder` alone gives the paper's two models exactly."""
+
+    norm: str | None = None  # layernorm | rmsnorm: the ViT blocks' pre-norm
+    ffn: str | None = None  # gelu (Linear, GELU, Linear; hidden mlp_ratio x dim) | geglu (hidden geglu_ratio x dim)
+    pos: str | None = None  # sincos (fixed, added once) | learned (trained, added once) | rope2d (every layer)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("norm", VIT_NORMS), ("ffn", VIT_FFNS), ("pos", VIT_POSITIONS)):
+            if getattr(self, name) is not None:
+                check_choice(self, f"{SECTION}.vit", name, allowed)
+
 
 @dataclass
 class ModelConfig:
@@ -46,6 +67,8 @@ class ModelConfig:
     vocab_size: int
     # Learned queries of the generative attentional pooler (the multimodal decoder's context).
     pooler_queries: int
+    # The ViT's design choices one by one (null: from the encoder's bundle).
+    vit: VitFactors = dataclasses.field(default_factory=VitFactors)
     # Library constants, not set by the presets:
     text_geglu_bias: bool = False  # biases on the text decoders' GEGLU linears (the ViT's have them)
     rope_base: float = 10000.0  # RoPE theta, text decoders and GRR ViT
@@ -53,6 +76,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         p = SECTION
+        if isinstance(self.vit, dict):  # from a checkpoint's model_config
+            self.vit = VitFactors(**self.vit)
         check_choice(self, p, "encoder", ENCODERS)
         check_ints(self, p, ("image_size", "patch_size", "dim", "vit_layers", "unimodal_layers",
                              "multimodal_layers", "heads", "pooler_queries"))
@@ -74,6 +99,19 @@ class ModelConfig:
         check_number(self, p, "init_std", above=0)
 
     # ------------------------------------------------------------------ derived
+    @property
+    def vit_design(self) -> tuple[str, str, str]:
+        """(norm, ffn, pos) in force: each explicit factor, else the encoder bundle's."""
+        bundle = BUNDLES[self.encoder]
+        return tuple(chosen or default for chosen, default in zip((self.vit.norm, self.vit.ffn, self.vit.pos), bundle))
+
+    @property
+    def variant(self) -> str:
+        """The bundle's name when the design is one of the paper's two models, else the design itself
+        (`vit-rmsnorm-gelu-sincos`): what run names and the `encoder` tag say."""
+        design = self.vit_design
+        return next((name for name, bundle in BUNDLES.items() if bundle == design), "vit-" + "-".join(design))
+
     @property
     def tokens(self) -> TokenLayout:
         return TokenLayout(self.vocab_size)

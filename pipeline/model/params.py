@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .coca import CoCa
-from .config import ModelConfig
+from .config import BUNDLES, ModelConfig, VitFactors
 
 # GRR-CoCa paper: stated trainable parameter counts (docs/paper.md §Parameter accounting).
 PAPER_TOTALS = {"baseline": 393_863_270, "grr": 394_548_926}
@@ -36,6 +36,7 @@ def parameter_breakdown(model_or_cfg: CoCa | ModelConfig) -> dict[str, int]:
     vit, uni, multi = model.visual, model.unimodal, model.multimodal
     parts = {
         "vit.patch_embed": count(vit.patch_embed),
+        "vit.positions": count(vit.pos_embed) if isinstance(getattr(vit, "pos_embed", None), nn.Parameter) else 0,
         "vit.blocks": count(vit.blocks),
         "pooler.generative": count(model.generative_pooler),
         "pooler.contrastive": count(model.contrastive_pooler),
@@ -61,18 +62,27 @@ def vit_block_count(cfg: ModelConfig) -> int:
 
 def format_param_report(cfg_paper: ModelConfig) -> str:
     """Table of per-component counts for both encoders at ``cfg_paper``'s sizes, with the totals'
-    residuals against the paper and the GRR - Baseline difference (``grr-coca params --preset paper``)."""
-    configs = {name: cfg_paper.replace(encoder=name) for name in ("baseline", "grr")}
+    residuals against the paper and the GRR - Baseline difference (``grr-coca params --preset paper``).
+    When ``cfg_paper``'s ViT design is not one of the two bundles, a third column counts it, with its
+    difference from each bundle."""
+    configs = {name: cfg_paper.replace(encoder=name, vit=VitFactors()) for name in BUNDLES}
+    variant = cfg_paper.variant
+    if variant not in BUNDLES:
+        configs[variant] = cfg_paper
     tables = {name: parameter_breakdown(cfg) for name, cfg in configs.items()}
     blocks = {name: vit_block_count(cfg) for name, cfg in configs.items()}
-    lines = [f"{'component':<26}{'Baseline CoCa':>16}{'GRR-CoCa':>16}{'GRR - Baseline':>16}"]
-    for key in tables["baseline"]:
-        b, g = tables["baseline"][key], tables["grr"][key]
+    extra = [name for name in configs if name not in BUNDLES]
+    head = f"{'component':<26}{'Baseline CoCa':>16}{'GRR-CoCa':>16}{'GRR - Baseline':>16}"
+    head += "".join(f"{name:>28}{'- Baseline':>14}{'- GRR':>14}" for name in extra)
+    lines = [head]
+    rows = [(key, {name: tables[name][key] for name in configs}) for key in tables["baseline"]]
+    rows.append(("(one ViT block)", blocks))
+    for key, n in rows:
         if key == "total":
-            lines.append("-" * 74)
-        lines.append(f"{key:<26}{b:>16,}{g:>16,}{g - b:>16,}")
-    lines.append(f"{'(one ViT block)':<26}{blocks['baseline']:>16,}{blocks['grr']:>16,}"
-                 f"{blocks['grr'] - blocks['baseline']:>16,}")
+            lines.append("-" * len(head))
+        line = f"{key:<26}{n['baseline']:>16,}{n['grr']:>16,}{n['grr'] - n['baseline']:>16,}"
+        line += "".join(f"{n[name]:>28,}{n[name] - n['baseline']:>+14,}{n[name] - n['grr']:>+14,}" for name in extra)
+        lines.append(line)
     lines.append("")
     for name, label in (("baseline", "Baseline CoCa"), ("grr", "GRR-CoCa")):
         ours, paper = tables[name]["total"], PAPER_TOTALS[name]
