@@ -69,10 +69,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
         md = compare(args.tracking_uri, args.out, pins or None, experiment=args.experiment)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"grr-coca compare: {e}") from None
-    text = md.read_text()
-    missing = text.count("> **Missing**")
+    report = json.loads((md.parent / "comparison.json").read_text())
+    missing = sum(len(d["missing"]) for d in report["datasets"].values())
     print(f"wrote {md}" + (f" ({missing} run(s) missing: see the report)" if missing else ""))
-    if "> **No experiment**" in text or "> **No tracking store**" in text:
+    if not report["experiment_found"]:
         raise SystemExit(f"grr-coca compare: no experiment {args.experiment!r} at "
                          f"{args.tracking_uri or 'the default tracking store'}: nothing to compare (see {md})")
 
@@ -83,10 +83,10 @@ def resolve_checkpoint(args: argparse.Namespace) -> str:
         return args.checkpoint
     import mlflow
 
-    from pipeline.tracking import repo_root, tracking_uri
+    from pipeline.tracking import repo_root, sqlite_store, tracking_uri
 
     uri = args.tracking_uri or tracking_uri(repo_root())
-    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    store = sqlite_store(uri)
     if store is not None and not store.is_file():  # MlflowClient would create an empty store there
         raise SystemExit(f"grr-coca: no MLflow store at {store} (run from the repository, or pass --tracking-uri)")
     try:

@@ -42,6 +42,12 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def sqlite_store(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (sqlite:////abs/path or sqlite:///relative/path), else None.
+    MlflowClient creates a missing one: callers that only read check it exists first."""
+    return Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
 def git_commit(cwd: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
@@ -125,14 +131,16 @@ class MLflowBackend:
         self.pending: list = []
         # A resumed run replays the steps after its last checkpoint, which may already be logged: the
         # replayed values are the same (exact resume), so each step is logged once.
-        self.logged_until = {kind: max((m.step for m in self.client.get_metric_history(self.run_id, f"{kind}/{key}")),
-                                       default=-1) if run_id and not attach else -1
-                             for kind, key in (("train", "coca_loss"), ("val", "coca_loss"))}
+        self.logged_until = {"train": -1, "val": -1}
+        if run_id and not attach:
+            for kind in self.logged_until:
+                history = self.client.get_metric_history(self.run_id, f"{kind}/coca_loss")
+                self.logged_until[kind] = max((m.step for m in history), default=-1)
 
     def log(self, kind: str, step: int, metrics: dict[str, Any], history: list[dict] | None = None) -> None:
         from mlflow.entities import Metric
 
-        if step <= self.logged_until.get(kind, -1):
+        if step <= self.logged_until.get(kind, -1):  # final/ and eval/ records are never skipped
             return
         now = int(time.time() * 1000)
         self.pending += [Metric(f"{kind}/{k}", float(v), now, step) for k, v in metrics.items()]

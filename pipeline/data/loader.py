@@ -84,6 +84,11 @@ class Manifest:
         return cls(root, shards, sum(n for _, n in shards), int(data["image_size"]),
                    int(data["context_length"]))
 
+    def counts(self, files: list[str] | tuple[str, ...]) -> list[int]:
+        """The samples each of these shard files holds."""
+        per_file = dict(self.shards)
+        return [per_file[f] for f in files]
+
     def check_fits(self, model_cfg: Any) -> "Manifest":
         """The shards were made for this model's image size and context length (else: reshard)."""
         if (self.image_size, self.context_length) != (model_cfg.image_size, model_cfg.context_length):
@@ -196,10 +201,9 @@ class _TrainChunks(IterableDataset):
     def _items(self, s: int, plan: StreamPlan) -> Iterator[dict]:
         """The stream's shuffled raw samples, started over as often as needed (padding)."""
         lo = self.loader
-        counts = dict(lo.manifest.shards)
         for repeat in itertools.count():
             errors = [0]
-            raw = read_shards([lo.manifest.root / f for f in plan.files], errors, [counts[f] for f in plan.files])
+            raw = read_shards([lo.manifest.root / f for f in plan.files], errors, lo.manifest.counts(plan.files))
             kept = (x for i, x in enumerate(raw) if i % plan.stride == plan.offset)
             rng = random.Random(f"samples:{lo.seed}:{self.epoch}:{s}:{repeat}")
             produced = 0
@@ -255,7 +259,8 @@ class TrainLoader:
 
     def __init__(self, shard_dir: str | Path, *, micro_batch_size: int, grad_accum_steps: int,
                  rank: int = 0, world_size: int = 1, streams: int = 0, num_workers: int = 0,
-                 shuffle_buffer: int = 1000, seed: int = 0, max_steps_per_epoch: int = 0):
+                 shuffle_buffer: int = 1000, seed: int = 0, max_steps_per_epoch: int = 0,
+                 vocab_size: int | None = None):
         self.manifest = Manifest.load(shard_dir)
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
@@ -277,7 +282,7 @@ class TrainLoader:
         self.epoch, self.micro = 0, 0
         self.positions: dict[int, int] = {}
         self.corrupt: dict[int, int] = {}
-        self.vocab_size: int | None = None  # set by from_config: token ids at or above it are corrupt
+        self.vocab_size = vocab_size  # token ids at or above it are corrupt samples (None: not checked)
 
     @classmethod
     def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
@@ -285,9 +290,9 @@ class TrainLoader:
         """The loader of a training run (`tcfg` is the `train:` section, `model_cfg` the model's)."""
         loader = cls(shard_dir, micro_batch_size=tcfg.micro_batch_size, grad_accum_steps=tcfg.grad_accum_steps,
                      rank=rank, world_size=world_size, streams=tcfg.data_streams, num_workers=tcfg.num_workers,
-                     shuffle_buffer=tcfg.shuffle_buffer, seed=tcfg.seed, max_steps_per_epoch=tcfg.max_steps_per_epoch)
+                     shuffle_buffer=tcfg.shuffle_buffer, seed=tcfg.seed, max_steps_per_epoch=tcfg.max_steps_per_epoch,
+                     vocab_size=model_cfg.vocab_size)
         loader.manifest.check_fits(model_cfg)
-        loader.vocab_size = model_cfg.vocab_size
         return loader
 
     # ---------------------------------------------------------------- sizes
@@ -364,7 +369,7 @@ class _ValBatches(IterableDataset):
         for f in files:
             errors, bad = [0], 0
             images, tokens = [], []
-            for sample in read_shards([lo.manifest.root / f], errors, [dict(lo.manifest.shards)[f]]):
+            for sample in read_shards([lo.manifest.root / f], errors, lo.manifest.counts([f])):
                 try:
                     image, tok = decode_sample(sample, lo.manifest.image_size, lo.manifest.context_length, lo.vocab_size)
                 except CorruptSample:
@@ -385,20 +390,19 @@ class ValLoader:
     """This process's share of a validation split, each sample once; `corrupt` counts skipped samples."""
 
     def __init__(self, shard_dir: str | Path, *, batch_size: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0):
+                 num_workers: int = 0, vocab_size: int | None = None):
         self.manifest = Manifest.load(shard_dir)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers = min(num_workers, len(self.manifest.shards[rank::world_size]))
         self.corrupt = 0
-        self.vocab_size: int | None = None
+        self.vocab_size = vocab_size
 
     @classmethod
     def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
                     world_size: int = 1) -> "ValLoader":
         loader = cls(shard_dir, batch_size=tcfg.val_batch_size, rank=rank, world_size=world_size,
-                     num_workers=tcfg.num_workers)
+                     num_workers=tcfg.num_workers, vocab_size=model_cfg.vocab_size)
         loader.manifest.check_fits(model_cfg)
-        loader.vocab_size = model_cfg.vocab_size
         return loader
 
     def __iter__(self) -> Iterator[Batch]:

@@ -41,8 +41,8 @@ def read_validation_set(shard_dir: str | Path, max_images: int = 0, vocab_size: 
     manifest = Manifest.load(shard_dir)
     errors = [0]
     out, index = ValidationSet(), {}
-    for sample in read_shards([manifest.root / name for name, _ in manifest.shards], errors,
-                              [n for _, n in manifest.shards]):
+    files = [name for name, _ in manifest.shards]
+    for sample in read_shards([manifest.root / name for name in files], errors, manifest.counts(files)):
         try:
             image_id = str(json.loads(sample["json"])["image_id"])
             caption = sample["txt"].decode()

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.evaluate.metrics import coca_loss_consistency, rounding_tolerance
 from pipeline.names import EXPERIMENT, TABLE2_ORDER, phase_of
+from pipeline.tracking import repo_root, sqlite_store, tracking_uri
 
 from .paper import PAPER_LAMBDAS, PAPER_TABLE2
 from .plots import plot_curves
@@ -25,14 +26,7 @@ from .runs import Selection, run_lambdas, run_values, select_runs
 
 def default_tracking_uri() -> str:
     """The trainer's: $MLFLOW_TRACKING_URI, else sqlite:///<repository>/mlflow.db."""
-    from pipeline.tracking import repo_root, tracking_uri
-
     return tracking_uri(repo_root())
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI (sqlite:////abs/path or sqlite:///relative/path)."""
-    return Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
 
 
 def _consistency(values: dict[str, float], lambdas: tuple[float, float], tol: float | None) -> dict[str, Any] | None:
@@ -86,7 +80,7 @@ def compare(tracking_uri: str | None = None, out_dir: str | Path = "reports", ru
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    db = _sqlite_path(uri)
+    db = sqlite_store(uri)
     experiment_id = None
     client = None
     if db is not None and not db.exists():  # do not let MlflowClient create an empty store
@@ -107,5 +101,6 @@ def compare(tracking_uri: str | None = None, out_dir: str | Path = "reports", ru
     results = collect(client, selections, out_dir)
     md = out_dir / "comparison.md"
     md.write_text(render_markdown(results, uri, experiment, notes))
-    (out_dir / "comparison.json").write_text(json.dumps(as_json(results, uri, experiment), indent=2) + "\n")
+    report = {**as_json(results, uri, experiment), "experiment_found": experiment_id is not None}
+    (out_dir / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
     return md

@@ -87,7 +87,7 @@ class Trainer:
             return final
         finally:
             self.tracker.finish(status)
-            self.ckpt.lock.release()
+            self.ckpt.release()
 
     def _resume(self) -> bool:
         outcome = self.ckpt.load(self.d.device)  # first, process 0 takes the state directory's lock

@@ -207,6 +207,10 @@ class Checkpointer:
     def load_best(self, device: torch.device | str) -> dict:
         return load(self.best, device)
 
+    def release(self) -> None:
+        """The run is over (finished or failed): another run may take the state directory."""
+        self.lock.release()
+
     def clear(self) -> None:
         """After a finished run: the next run of the stage starts afresh."""
         shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -151,7 +151,6 @@ def test_token_ids_outside_the_vocabulary_are_corrupt(tmp_path):
         return tokens
 
     replace_tokens(tmp_path / "v/shard-00000-0000.tar", "0000005", past_the_vocabulary)
-    val = ValLoader(tmp_path / "v", batch_size=8)
-    assert sum(len(b) for b in val) == 8  # without a vocabulary nothing is checked
-    val.vocab_size = 256
+    assert sum(len(b) for b in ValLoader(tmp_path / "v", batch_size=8)) == 8  # without a vocabulary: unchecked
+    val = ValLoader(tmp_path / "v", batch_size=8, vocab_size=256)
     assert sum(len(b) for b in val) == 7 and val.corrupt == 1

@@ -36,7 +36,7 @@ def test_checkpointer_restores_every_registered_part(tmp_path):
     assert shared.value == 7 and mine.value == 3
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
     # a state of another fingerprint is not loaded, and not deleted either
-    ckpt.lock.release()
+    ckpt.release()
     other = Checkpointer(tmp_path / "state", "fp-2", is_main=True, rank=0, shared={"train": Counter()},
                          per_process={})
     assert other.load(torch.device("cpu")) == "other" and ckpt.last.exists()
