@@ -41,7 +41,7 @@ class ModelCheckpoint:
     config: ModelConfig
     weights: dict[str, torch.Tensor]
     tokenizer_files: dict[str, str]
-    meta: dict[str, Any]  # phase, dataset, mlflow_run_id, epoch, step, val, train_config
+    meta: dict[str, Any]  # phase, dataset, mlflow_run_id, epoch, step, val, train_config, weights_of (best | last)
 
     def build(self, dropout: float = 0.0, device: torch.device | str = "cpu") -> CoCa:
         """The model with these weights; a mismatch between weights and configuration is refused."""

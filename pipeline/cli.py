@@ -105,6 +105,7 @@ def cmd_caption(args: argparse.Namespace) -> None:
         images = load_images(args.images, loaded.model.cfg.image_size)
     except CheckpointError as e:
         raise SystemExit(f"grr-coca caption: {e}") from None
+    print(f"grr-coca caption: {loaded.describe()}", file=sys.stderr)  # stdout stays path<TAB>caption
     for path, caption in zip(args.images, caption_images(loaded, images, args.method, args.beams)):
         print(f"{path}\t{caption}")
 
@@ -120,6 +121,7 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
         loaded = load_checkpoint(resolve_checkpoint(args), device=pick_device(args.device))
     except CheckpointError as e:
         raise SystemExit(f"grr-coca retrieve: {e}") from None
+    print(f"grr-coca retrieve: {loaded.describe()}", file=sys.stderr)
     readable = []
     for path in paths:  # one unreadable image is skipped, not the whole ranking
         try:

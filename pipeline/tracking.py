@@ -4,7 +4,7 @@ Only process 0 tracks; the others get a `NullTracker`. What a tracker is told:
 
     log_train(step, metrics)          per optimiser step    MLflow train/<m>
     log_val(step, metrics, history)   per validation        MLflow val/<m>;   TSV of the whole history
-    log_final(step, metrics)          the stage's result    MLflow final/<m>; metrics JSON
+    log_final(step, metrics, history) the stage's result    MLflow final/<m>; metrics JSON and the TSV again
     log_eval(metrics)                 evaluation scores     MLflow eval/<m>;  metrics JSON
     log_artifact(path, folder)        checkpoints, tokenizer, samples (MLflow)
 
@@ -175,13 +175,15 @@ class MetricsFilesBackend:
         self.val_tsv = Path(val_tsv) if val_tsv else None
 
     def log(self, kind: str, step: int, metrics: dict[str, Any], history: list[dict] | None = None) -> None:
-        if kind == "val" and self.val_tsv is not None:
+        # The final record rewrites the curve too: a run resumed after its last validation (killed
+        # while saving its outputs) logs no new validation, and DVC deleted the TSV before the rerun.
+        if kind in ("val", "final") and history is not None and self.val_tsv is not None:
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, VAL_COLUMNS, delimiter="\t", extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(history or [])
             write_text(self.val_tsv, buffer.getvalue())
-        elif kind in ("final", "eval") and self.metrics_json is not None:
+        if kind in ("final", "eval") and self.metrics_json is not None:
             write_json(self.metrics_json, metrics)
 
     def log_artifact(self, path: Path, artifact_path: str | None) -> None:
@@ -210,8 +212,8 @@ class Tracker:
     def log_val(self, step: int, metrics: dict[str, float], history: list[dict]) -> None:
         self._log("val", step, metrics, history)
 
-    def log_final(self, step: int, metrics: dict[str, Any]) -> None:
-        self._log("final", step, metrics)
+    def log_final(self, step: int, metrics: dict[str, Any], history: list[dict]) -> None:
+        self._log("final", step, metrics, history)
 
     def log_eval(self, metrics: dict[str, Any]) -> None:
         self._log("eval", 0, metrics)

@@ -34,6 +34,7 @@ def main() -> None:
     cfg = load_config(args.params)
     device = pick_device(cfg.train.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
+    print(f"{args.name}: {loaded.describe()}", flush=True)
     val = read_validation_set(args.val, cfg.evaluate.max_images, loaded.checkpoint.config.vocab_size)
     metrics, shown = evaluate(loaded, val, cfg.evaluate.num_beams, cfg.evaluate.batch_size,
                               cfg.evaluate.samples_to_show)

@@ -43,12 +43,13 @@ def test_the_metrics_files_are_written_without_mlflow(tmp_path):
                                                                           "coca_loss": 2.0}]
     tracker.log_train(4, {"coca_loss": 2.5})
     tracker.log_val(4, {"coca_loss": 2.0}, history)
-    tracker.log_final(4, {"coca_loss": 2.0, "epoch": 1})
+    (tmp_path / "m/curve.tsv").unlink()  # as DVC does before rerunning a stage resumed after its last validation
+    tracker.log_final(4, {"coca_loss": 2.0, "epoch": 1}, history)
     rows = list(csv.DictReader((tmp_path / "m/curve.tsv").open(), delimiter="\t"))
     assert [(r["step"], r["kind"], r["coca_loss"]) for r in rows] == [("0", "start", "3.0"), ("4", "epoch", "2.0")]
     assert json.loads((tmp_path / "m/final.json").read_text()) == {"coca_loss": 2.0, "epoch": 1}
     nothing = NullTracker()  # what processes other than 0 hold
-    nothing.log_final(1, {"x": 1.0})
+    nothing.log_final(1, {"x": 1.0}, [])
     nothing.finish("FINISHED")
     assert nothing.run_id is None
 
@@ -63,7 +64,7 @@ def test_evaluation_attaches_to_the_training_run_without_changing_its_status(tmp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {"model.encoder": "grr"}, None,
                     tmp_path / "pretrain.json")
-    run.log_final(3, {"coca_loss": 1.5})
+    run.log_final(3, {"coca_loss": 1.5}, [])
     run.finish("FINISHED")
     evaluation = attach(run.run_id, root=tmp_path, metrics_json=tmp_path / "eval.json")
     evaluation.log_eval({"bleu4": 0.25})

@@ -12,6 +12,7 @@ and to a metrics JSON, with a sample of generated captions beside their referenc
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pipeline.data.loader import CorruptSample, Manifest, decode_sample, read_sh
 from pipeline.data.preprocess import normalize
 from pipeline.evaluate.inference import LoadedModel, caption_images
 from pipeline.evaluate.metrics import caption_scores, retrieval_recall
+from pipeline.progress import Pace
 
 
 @dataclass
@@ -73,11 +75,14 @@ def evaluate(loaded: LoadedModel, val: ValidationSet, num_beams: int = 3, batch_
     Runs on the loaded model's device, `batch_size` images per beam search."""
     model, device = loaded.model, loaded.device
     image_embeds, predictions = [], {}
-    for start in range(0, len(val.images), batch_size):
+    batches, pace = math.ceil(len(val.images) / batch_size), Pace(0)
+    for batch, start in enumerate(range(0, len(val.images), batch_size), 1):
         images = normalize(torch.stack(val.images[start : start + batch_size]).to(device))
         image_embeds.append(model.encode_image(images).cpu())
         captions = caption_images(loaded, images, method="beam", num_beams=num_beams)
         predictions.update(zip(val.image_ids[start : start + batch_size], captions))
+        if batch % 10 == 0 or batch == batches:
+            print(f"captioned {len(predictions)}/{len(val.images)} images ({pace.line(batch, batches)})", flush=True)
     tokens = torch.stack(val.caption_tokens)
     text_embeds = torch.cat([model.encode_text(tokens[i : i + batch_size, :-1].to(device)).cpu()
                              for i in range(0, len(tokens), batch_size)])

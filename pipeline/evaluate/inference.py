@@ -33,6 +33,17 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def describe(self) -> str:
+        """Which model this is, for every command that uses one to say: its ViT design, phase and data,
+        epoch and step, MLflow run and file (so a workspace switched to another experiment cannot
+        caption silently with the other encoder)."""
+        c, meta = self.checkpoint.config, self.checkpoint.meta
+        phase = {"pretrain": "pre-trained on cc12m", "finetune": f"fine-tuned on {meta.get('dataset', '?')}"}.get(
+            meta.get("phase"), "phase unknown")
+        weights = {"best": "the best epoch's weights", "last": "the last epoch's weights"}.get(meta.get("weights_of"), "weights")
+        return (f"model: {c.variant} ({'/'.join(c.vit_design)}), {phase}, {weights} (epoch {meta.get('epoch', '?')}, "
+                f"step {meta.get('step', '?')}), MLflow run {meta.get('mlflow_run_id') or 'none'}, from {self.checkpoint.path}")
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """`train.device`: "auto" is the GPU when there is one."""

@@ -21,6 +21,7 @@ from pipeline.checkpoint import load_init, save_model
 from pipeline.data.loader import TrainLoader, ValLoader
 from pipeline.model.coca import CoCa
 from pipeline.model.losses import CoCaLoss
+from pipeline.progress import Pace
 from pipeline.tracking import NullTracker, repo_root, run_description, start_run
 
 from . import early_stopping as es
@@ -72,6 +73,7 @@ class Trainer:
     def run(self) -> dict[str, float]:
         d, tcfg = self.d, self.tcfg
         resumed = self._resume()
+        self.pace = Pace(self.state.step)
         self._start_tracking()
         status = "FAILED"
         try:
@@ -132,7 +134,8 @@ class Trainer:
                 if st.step % tcfg.log_every_steps == 0 or st.step_in_epoch == steps:
                     self.tracker.flush()
                     log(d, f"epoch {st.epoch + 1}/{self.phase.epochs} step {st.step_in_epoch}/{steps} (total "
-                           f"{st.step}): " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
+                           f"{st.step}, {self.pace.line(st.step, steps * self.phase.epochs)}): "
+                           + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
                 if st.step_in_epoch < steps:
                     if tcfg.val_every_steps and st.step % tcfg.val_every_steps == 0:
                         self._validate("step")
@@ -146,8 +149,9 @@ class Trainer:
         st = self.state
         val = self._validate("epoch")
         decision = self.stopper.update(val["coca_loss"], st.epoch)
-        log(self.d, f"epoch {st.epoch + 1}: validation coca {val['coca_loss']:.4f}, early stopping: {decision}"
-                    f" (best {self.stopper.best:.4f} at epoch {self.stopper.best_epoch + 1}, LR level {self.stopper.level})")
+        log(self.d, f"epoch {st.epoch + 1}: validation coca {val['coca_loss']:.4f}" + (
+            f", early stopping: {decision} (best {self.stopper.best:.4f} at epoch {self.stopper.best_epoch + 1}, "
+            f"LR level {self.stopper.level})" if self.phase.early_stopping else ""))
         if decision == es.IMPROVED:
             st.best_val = {**val, "epoch": st.epoch + 1, "step": st.step}
             if self.d.is_main:  # with early stopping a soft reset reloads the optimizer too
@@ -233,10 +237,10 @@ class Trainer:
                     "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer}
             best = self.ckpt.load_best("cpu")
             save_model(spec.out_dir / "best.pt", best["model"], self.cfg.model, **meta, epoch=best["epoch"],
-                       step=best["step"], val=best["val"])
-            save_model(spec.out_dir / "final.pt", best["model"] if use_best else self.model.state_dict(),
-                       self.cfg.model, **meta, epoch=final["epoch"], step=final["step"], val=final)
-            self.tracker.log_final(st.step, final)
+                       step=best["step"], val=best["val"], weights_of="best")
+            save_model(spec.out_dir / "final.pt", best["model"] if use_best else self.model.state_dict(), self.cfg.model,
+                       **meta, epoch=final["epoch"], step=final["step"], val=final, weights_of="best" if use_best else "last")
+            self.tracker.log_final(st.step, final, st.history)
             for path, where in ((spec.out_dir, "checkpoints"), (spec.tokenizer, "tokenizer"),
                                 (spec.metrics_json, "metrics"), (spec.val_tsv, "metrics")):
                 self.tracker.log_artifact(path, where)
