@@ -1,11 +1,15 @@
-"""`grr-coca compare`: collect the selected runs' values and checks, then write the report.
+"""`grr-coca compare`: collect the runs' values and checks, then write the report.
 
-Writes `<out>/comparison.md` (and the same numbers as `<out>/comparison.json`): for each validation set
-(CC12M from the pre-training run; MSCOCO, ROCO, Flickr30K from the fine-tuning runs) the paper's Table 2
-layout, CoCa loss, perplexity and contrastive loss for both encoders with the change
-(GRR - Baseline) / Baseline, then caption loss, BLEU-4, CIDEr and retrieval recall@1/5/10, beside the
-paper's own Table 2 numbers; a CoCa-loss consistency check per row; and `<out>/curves-<dataset>.png`,
-the validation curves of both encoders. Which runs: see `pipeline.report.runs`.
+Writes `<out>/comparison.md` (and every number in `<out>/comparison.json`):
+- a summary of the four validation sets' changes beside the paper's, with the fine-tuning average;
+- for each validation set (CC12M from pre-training; MSCOCO, ROCO, Flickr30K from fine-tuning) the
+  paper's Table 2 layout for the two bundles: each column the selected run's group over seeds (mean
+  and 95% t-interval when there are several), the GRR - Baseline difference paired by seed, the
+  relative change, the paper's numbers; a CoCa-loss consistency check per run; captions side by side;
+  `<out>/curves-<dataset>.png`, the validation curves (mean over seeds, 95% band);
+- every finished run grouped by what differs (`pipeline.report.groups`): means with intervals,
+  paired differences against the Baseline design, factorial effects; `<out>/groups-<dataset>.png`.
+Which runs: see `pipeline.report.runs`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evaluate.metrics import coca_loss_consistency, rounding_tolerance
-from pipeline.names import EXPERIMENT, TABLE2_ORDER, phase_of
+from pipeline.names import ENCODER_TITLES, EXPERIMENT, TABLE2_ORDER, phase_of
 from pipeline.tracking import repo_root, sqlite_store, tracking_uri
 
 from .paper import PAPER_LAMBDAS, PAPER_TABLE2
-from .plots import plot_curves
-from .render import COLUMNS, DatasetResult, as_json, render_markdown
-from .runs import Selection, run_lambdas, run_values, select_runs
+from .groups import METRIC_KEYS, Analysis, analyse, seed_of
+from .plots import plot_curves, plot_groups
+from .render import COLUMNS, GROUP_METRICS, DatasetResult, as_json, render_markdown
+from .runs import Selection, caption_samples, finished_runs, run_lambdas, run_values, select_runs
+from .stats import estimate, paired_difference
+
+CAPTION_SAMPLES = 5  # images whose reference, Baseline and GRR captions the report shows side by side
 
 
 def default_tracking_uri() -> str:
@@ -40,15 +48,32 @@ def _consistency(values: dict[str, float], lambdas: tuple[float, float], tol: fl
             "tolerance": c.tolerance, "ok": c.ok}
 
 
-def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path) -> list[DatasetResult]:
-    """Per validation set (Table 2 order): both runs' values, the consistency checks, the curves' PNG."""
+def _table2_seeds(selection: Selection, analysis: Analysis, pinned: bool) -> dict:
+    """{seed: run} behind a Table 2 column: the selected run's group (its design and configuration, one
+    run per seed), or the selected run alone when runs were pinned."""
+    run = selection.run
+    if not pinned:
+        for group in analysis.groups:
+            if any(r.info.run_id == run.info.run_id for r in group.runs.values()):
+                return dict(group.runs)
+    return {seed_of(run): run}
+
+
+def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path, runs: dict[str, list],
+            pinned: bool = False) -> list[DatasetResult]:
+    """Per validation set (Table 2 order): both columns' values over seeds, the paired differences,
+    the consistency checks, every run grouped, the curves' and groups' PNGs, caption samples."""
     results = []
     for dataset in TABLE2_ORDER:
         sel = {e: selections[dataset, e] for e in COLUMNS}
-        result = DatasetResult(dataset, sel)
+        result = DatasetResult(dataset, sel, analysis=analyse(runs.get(dataset, [])))
         for encoder, s in sel.items():
             if s.run is not None:
                 result.values[encoder] = run_values(s.run)
+                seeds = result.seeds[encoder] = _table2_seeds(s, result.analysis, pinned)
+                per_seed = {seed: run_values(r) for seed, r in seeds.items()}
+                keys = {k for v in per_seed.values() for k in v}
+                result.estimates[encoder] = {k: estimate([v[k] for v in per_seed.values() if k in v]) for k in keys}
                 con, cap, source = run_lambdas(s.run, dataset)
                 check = _consistency(result.values[encoder], (con, cap), None)
                 if check:
@@ -56,12 +81,27 @@ def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path)
             paper, lambdas = PAPER_TABLE2[dataset][encoder], PAPER_LAMBDAS[phase_of(dataset)]
             check = _consistency(paper, lambdas, rounding_tolerance(paper["perplexity"], *lambdas))
             result.consistency[f"paper-{encoder}"] = {**check, "lambda_source": "paper"}
-        png = out_dir / f"curves-{dataset}.png"
-        if png.exists():
-            png.unlink()  # never leave a stale plot of runs no longer selected
-        runs = {e: s.run for e, s in sel.items() if s.run is not None}
-        if runs and plot_curves(client, dataset, runs, png):
-            result.curves = png.name
+        if len(result.seeds) == 2:
+            base, grr = (result.seeds[e] for e in ("baseline", "grr"))
+            for key in METRIC_KEYS:
+                b = {s: v for s, r in base.items() if (v := run_values(r).get(key)) is not None}
+                g = {s: v for s, r in grr.items() if (v := run_values(r).get(key)) is not None}
+                if set(b) & set(g):
+                    result.paired[key] = paired_difference(g, b)
+            samples = {e: caption_samples(client, sel[e].run) for e in COLUMNS}
+            shared = [i for i in samples["grr"] if i in samples["baseline"]][:CAPTION_SAMPLES]
+            result.captions = [{"image_id": i, "references": samples["grr"][i]["references"],
+                                **{e: samples[e][i]["generated"] for e in COLUMNS}} for i in shared]
+        for name in (f"curves-{dataset}.png", f"groups-{dataset}.png"):
+            if (out_dir / name).exists():
+                (out_dir / name).unlink()  # never leave a stale plot of runs no longer selected
+        groups = {ENCODER_TITLES[e]: list(result.seeds[e].values()) for e in COLUMNS if e in result.seeds}
+        if groups and plot_curves(client, dataset, groups, out_dir / f"curves-{dataset}.png"):
+            result.curves = f"curves-{dataset}.png"
+        a = result.analysis
+        if len(a.groups) > 1 and plot_groups(dataset, [g.label for g in a.groups], a.summary, list(GROUP_METRICS),
+                                              out_dir / f"groups-{dataset}.png"):
+            result.groups_plot = f"groups-{dataset}.png"
         results.append(result)
     return results
 
@@ -98,7 +138,7 @@ def compare(tracking_uri: str | None = None, out_dir: str | Path = "reports", ru
         else:
             experiment_id = exp.experiment_id
     selections = select_runs(client, experiment_id, runs, f"experiment {experiment} at {uri}")
-    results = collect(client, selections, out_dir)
+    results = collect(client, selections, out_dir, finished_runs(client, experiment_id), pinned=bool(runs))
     md = out_dir / "comparison.md"
     md.write_text(render_markdown(results, uri, experiment, notes))
     report = {**as_json(results, uri, experiment), "experiment_found": experiment_id is not None}

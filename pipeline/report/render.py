@@ -11,8 +11,10 @@ from typing import Any
 
 from pipeline.names import DATASET_TITLES, ENCODER_TITLES, ENCODERS, phase_of
 
+from .groups import Analysis, as_json as groups_json, terms
 from .paper import PAPER_TABLE2
 from .runs import EVAL_METRICS, VAL_METRICS, Selection, name_of
+from .stats import Estimate
 
 # The report's column order (the paper's): Baseline, then GRR; the change is GRR relative to Baseline.
 COLUMNS = ("baseline", "grr")
@@ -26,9 +28,15 @@ class DatasetResult:
 
     dataset: str
     selections: dict[str, Selection]  # encoder -> its run, in COLUMNS order
-    values: dict[str, dict[str, float]] = field(default_factory=dict)  # encoder -> metric -> value
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # encoder -> metric -> the selected run's
     consistency: dict[str, dict[str, Any]] = field(default_factory=dict)  # encoder or paper-<encoder> -> check
     curves: str | None = None  # the PNG's file name, when drawn
+    seeds: dict[str, dict] = field(default_factory=dict)  # encoder -> {seed: run}: the selected run's group
+    estimates: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # encoder -> metric -> over seeds
+    paired: dict[str, Estimate] = field(default_factory=dict)  # metric -> GRR - Baseline, paired by seed
+    analysis: Analysis | None = None  # every finished run of this set, grouped (pipeline.report.groups)
+    groups_plot: str | None = None
+    captions: list[dict[str, Any]] = field(default_factory=list)  # image_id, references, baseline, grr
 
 
 def change_pct(baseline: float | None, grr: float | None) -> float | None:
@@ -61,7 +69,17 @@ def _run_line(s: Selection) -> str:
     tags = r.data.tags
     return (f"| {ENCODER_TITLES[s.encoder]} | `{name_of(r)}` `{r.info.run_id}` | {s.how}; status {r.info.status}, "
             f"preset {tags.get('preset', '?')}" + (f", git {tags['git_commit'][:10]}" if "git_commit" in tags else "")
-            + (f", fine-tuned from {tags['pretrain_run_id']}" if "pretrain_run_id" in tags else "") + " |")
+            + (f", fine-tuned from {tags['pretrain_run_id']}" if "pretrain_run_id" in tags else "")
+            + f", seed {r.data.params.get('train.seed', '?')}, {_weights(r)} |")
+
+
+def _weights(run) -> str:
+    """Which weights the numbers are from: the best epoch's (early stopping) or the last epoch's."""
+    m = run.data.metrics
+    if "final/epoch" not in m or "final/epochs_run" not in m:
+        return "weights: not logged"
+    epoch, ran = int(m["final/epoch"]), int(m["final/epochs_run"])
+    return f"weights of epoch {epoch} of {ran} ({'the last' if epoch == ran else 'the best'})"
 
 
 def _check_line(who: str, c: dict[str, Any] | None) -> str:
@@ -89,20 +107,149 @@ def _notes(res: DatasetResult) -> list[str]:
     return notes
 
 
+def _digits(key: str) -> int:
+    return 2 if key.startswith(("i2t", "t2i")) else 4
+
+
+def _fmt_est(e: Estimate | None, digits: int = 4, signed: bool = False) -> str:
+    """A value; over several seeds its mean and 95% interval, with ✱ when the interval excludes zero."""
+    if e is None:
+        return "—"
+    sign = "+" if signed else ""
+    if e.n == 1:
+        return f"{e.mean:{sign}.{digits}f}"
+    flag = " ✱" if signed and e.excludes_zero else ""
+    return f"{e.mean:{sign}.{digits}f} [{e.low:{sign}.{digits}f}, {e.high:{sign}.{digits}f}]{flag}"
+
+
+def _difference(res: DatasetResult, key: str) -> str:
+    """GRR - Baseline: paired by seed (with its interval) when the two share seeds, else of the means."""
+    if key in res.paired and res.paired[key].n > 1:
+        return _fmt_est(res.paired[key], _digits(key), signed=True)
+    base, grr = res.estimates.get("baseline", {}).get(key), res.estimates.get("grr", {}).get(key)
+    return "—" if base is None or grr is None else f"{grr.mean - base.mean:+.{_digits(key)}f}"
+
+
+def _mean(res: DatasetResult, encoder: str, key: str) -> float | None:
+    e = res.estimates.get(encoder, {}).get(key)
+    return None if e is None else e.mean
+
+
 def _metric_rows(res: DatasetResult) -> list[str]:
-    """The Table 2 layout: ours (Baseline, GRR, change) beside the paper's, one row per metric."""
+    """The Table 2 layout: ours (Baseline, GRR, difference, change) beside the paper's, one row per metric."""
     paper = PAPER_TABLE2[res.dataset]
-    base, grr = res.values.get("baseline", {}), res.values.get("grr", {})
-    lines = ["| metric | Baseline CoCa | GRR-CoCa | change | paper: Baseline | paper: GRR | paper: change |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| metric | Baseline CoCa | GRR-CoCa | GRR − Baseline | change | paper: Baseline | paper: GRR | "
+             "paper: change |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, label, lower in VAL_METRICS + EVAL_METRICS:
         arrow = "↓" if lower else "↑"
-        digits = 2 if key.startswith(("i2t", "t2i")) else 4
-        lines.append(f"| {label} {arrow} | {_fmt(base.get(key), digits)} | {_fmt(grr.get(key), digits)} | "
-                     f"{_fmt_pct(change_pct(base.get(key), grr.get(key)))} | "
+        cells = [_fmt_est(res.estimates.get(e, {}).get(key), _digits(key)) for e in COLUMNS]
+        lines.append(f"| {label} {arrow} | {cells[0]} | {cells[1]} | {_difference(res, key)} | "
+                     f"{_fmt_pct(change_pct(_mean(res, 'baseline', key), _mean(res, 'grr', key)))} | "
                      f"{_fmt_paper(paper['baseline'].get(key))} | {_fmt_paper(paper['grr'].get(key))} | "
                      f"{_fmt_paper(paper['change'].get(key), _fmt_pct)} |")
     return lines
+
+
+def _sizes(res: DatasetResult) -> str:
+    """Seeds per encoder and the evaluation set's size, for the reader to weigh the numbers."""
+    parts = []
+    for e in COLUMNS:
+        seeds = sorted(res.seeds.get(e, {}), key=lambda s: (s is None, s))
+        if seeds:
+            named = ", ".join("not logged" if s is None else str(s) for s in seeds)
+            parts.append(f"{ENCODER_TITLES[e]} {len(seeds)} seed(s) ({named})")
+    sizes = {(int(v["images"]), int(v["captions"])) for v in res.values.values() if "images" in v and "captions" in v}
+    line = "; ".join(parts) or "no runs"
+    if sizes:
+        line += "; evaluation set " + " / ".join(f"{i} images, {c} captions" for i, c in sorted(sizes))
+    return line + ". Over several seeds a cell is the mean [95% t-interval]; ✱: the interval of the paired " \
+                  "difference excludes zero."
+
+
+GROUP_METRICS = (("coca_loss", "CoCa loss ↓"), ("perplexity", "perplexity ↓"), ("contrastive_loss", "contrastive ↓"),
+                 ("bleu4", "BLEU-4 ↑"), ("cider", "CIDEr ↑"), ("i2t_r1", "i→t R@1 ↑"), ("t2i_r1", "t→i R@1 ↑"))
+
+
+def _group_section(res: DatasetResult) -> list[str]:
+    """Every run of the set grouped by what differs: means over seeds, paired differences, effects."""
+    a = res.analysis
+    if a is None or (len(a.groups) <= 2 and all(len(g.runs) == 1 for g in a.groups)):
+        return []  # nothing beyond the Table 2 view above
+    shown = [(k, label) for k, label in GROUP_METRICS if any(k in a.summary[g.label] for g in a.groups)]
+    head = " | ".join(label for _, label in shown)
+    rule = " | ".join("---:" for _ in shown)
+    title = DATASET_TITLES[res.dataset]
+    lines = [f"### {title}: every run, grouped", "",
+             f"Factors that differ among the finished runs: {', '.join(f'`{f}`' for f in a.factors) or 'none'}; "
+             "replicates are seeds (`train.seed`), the latest finished run of each. Mean [95% t-interval].", "",
+             f"| group | seeds | {head} |", f"| --- | ---: | {rule} |"]
+    for g in a.groups:
+        cells = " | ".join(_fmt_est(a.summary[g.label].get(k), _digits(k)) for k, _ in shown)
+        lines.append(f"| {g.label} | {len(g.runs)} | {cells} |")
+    if a.differences:
+        lines += ["", "Paired differences, group − reference (the Baseline design with the same other factors), "
+                  "over shared seeds; ✱: the interval excludes zero.", "",
+                  f"| group | reference | {head} |", f"| --- | --- | {rule} |"]
+        for g in a.groups:
+            if g.label in a.differences:
+                d = a.differences[g.label]
+                cells = " | ".join(_fmt_est(d.get(k), _digits(k), signed=True) for k, _ in shown)
+                lines.append(f"| {g.label} | {a.references[g.label]} | {cells} |")
+    if a.effects:
+        levels = ", ".join(f"`{f}` {lo} → {hi}" for f, (lo, hi) in a.effect_levels.items())
+        lines += ["", f"Effects of the full 2^{len(a.factors)} design ({levels}): a main effect is the mean "
+                  "change from the low to the high level, averaged over the other factors; an interaction "
+                  "A x B is half the difference between A's effect at B high and at B low. Per seed, then "
+                  "a t-interval over seeds; ✱: excludes zero.", "",
+                  f"| effect | {head} |", f"| --- | {rule} |"]
+        for term in terms(a.factors):
+            cells = " | ".join(_fmt_est(a.effects.get(k, {}).get(term), _digits(k), signed=True) for k, _ in shown)
+            lines.append(f"| {term} | {cells} |")
+    if a.effects_note:
+        lines += ["", f"No effects table: {a.effects_note}."]
+    if res.groups_plot:
+        lines += ["", f"![{title} groups]({res.groups_plot})"]
+    return lines + [""]
+
+
+def _captions(res: DatasetResult) -> list[str]:
+    if not res.captions:
+        return []
+    lines = ["Captions of the first validation images (beam search) beside a reference:", "",
+             "| image | reference | Baseline CoCa | GRR-CoCa |", "| --- | --- | --- | --- |"]
+    def cell(text: str | None) -> str:
+        return (text or "—").replace("|", "\\|")
+
+    for c in res.captions:
+        lines.append(f"| {cell(c['image_id'])} | {cell(c['references'][0] if c['references'] else None)} | "
+                     f"{cell(c.get('baseline'))} | {cell(c.get('grr'))} |")
+    return lines + [""]
+
+
+def _summary(results: list[DatasetResult]) -> list[str]:
+    """The four sets in one table, with the fine-tuning average beside the paper's."""
+    keys = (("coca_loss", "CoCa loss"), ("perplexity", "perplexity"), ("contrastive_loss", "contrastive loss"))
+    lines = ["## Summary", "", "Change = (GRR − Baseline) / Baseline of the means; the paper's beside it.", "",
+             "| validation set | seeds (Baseline / GRR) | " + " | ".join(f"{label} | paper" for _, label in keys) + " |",
+             "| --- | --- | " + " | ".join("---: | ---:" for _ in keys) + " |"]
+    ours: dict[str, list[float]] = {k: [] for k, _ in keys}
+    for res in results:
+        seeds = " / ".join(str(len(res.seeds.get(e, {}))) for e in COLUMNS)
+        cells = []
+        for k, _ in keys:
+            change = change_pct(_mean(res, "baseline", k), _mean(res, "grr", k))
+            if change is not None and phase_of(res.dataset) == "finetune":
+                ours[k].append(change)
+            cells.append(f"{_fmt_pct(change)} | {_fmt_pct(PAPER_TABLE2[res.dataset]['change'][k])}")
+        lines.append(f"| {DATASET_TITLES[res.dataset]} | {seeds} | " + " | ".join(cells) + " |")
+    finetune = [r.dataset for r in results if phase_of(r.dataset) == "finetune"]
+    cells = []
+    for k, _ in keys:
+        paper = sum(PAPER_TABLE2[d]["change"][k] for d in finetune) / len(finetune)
+        mine = sum(ours[k]) / len(ours[k]) if len(ours[k]) == len(finetune) else None
+        cells.append(f"{_fmt_pct(mine)} | {_fmt_pct(paper)}")
+    lines.append("| fine-tuning average (MSCOCO, ROCO, Flickr30K) | | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def render_markdown(results: list[DatasetResult], uri: str, experiment: str, notes: list[str]) -> str:
@@ -119,6 +266,7 @@ def render_markdown(results: list[DatasetResult], uri: str, experiment: str, not
     ]
     for note in notes:
         lines += [f"> {note}", ""]
+    lines += _summary(results)
     for res in results:
         title = DATASET_TITLES[res.dataset]
         lines += [f"## {title} (validation set, {PHASE_TITLES[phase_of(res.dataset)]})", "",
@@ -127,6 +275,7 @@ def render_markdown(results: list[DatasetResult], uri: str, experiment: str, not
         lines.append("")
         for note in _notes(res):
             lines += [f"> {note}", ""]
+        lines += [_sizes(res), ""]
         lines += _metric_rows(res)
         lines += ["", "CoCa-loss consistency, CoCa loss = λ_con·L_con + λ_cap·ln(perplexity):", ""]
         lines += [_check_line(ENCODER_TITLES[e], res.consistency.get(e))
@@ -137,23 +286,31 @@ def render_markdown(results: list[DatasetResult], uri: str, experiment: str, not
             lines += [f"![{title} validation curves]({res.curves})", ""]
         else:
             lines += ["No validation curves: neither encoder has a run with `val/` metrics.", ""]
+        lines += _captions(res)
+        lines += _group_section(res)
     return "\n".join(lines)
 
 
 def as_json(results: list[DatasetResult], uri: str, experiment: str) -> dict[str, Any]:
-    """The report's numbers: per validation set, the runs, both encoders' values, the changes, the paper's."""
+    """The report's numbers: per validation set, the runs, both encoders' values, the changes, the paper's,
+    the estimates over seeds and every run's grouping."""
     out: dict[str, Any] = {"tracking_uri": uri, "experiment": experiment, "datasets": {}}
     keys = [k for k, _, _ in VAL_METRICS + EVAL_METRICS]
     for res in results:
         base, grr = res.values.get("baseline", {}), res.values.get("grr", {})
-        changes = {k: change_pct(base.get(k), grr.get(k)) for k in keys}
+        changes = {k: change_pct(_mean(res, "baseline", k), _mean(res, "grr", k)) for k in keys}
         out["datasets"][res.dataset] = {
             "runs": {e: (s.run.info.run_id if s.run is not None else None) for e, s in res.selections.items()},
             "missing": [s.missing for s in res.selections.values() if s.missing],
             "baseline": base, "grr": grr,
+            "seeds": {e: {str(seed): run.info.run_id for seed, run in runs.items()} for e, runs in res.seeds.items()},
+            "over_seeds": {e: {k: v.as_dict() for k, v in est.items()} for e, est in res.estimates.items()},
+            "paired_difference": {k: v.as_dict() for k, v in res.paired.items()},
             "change_pct": {k: v for k, v in changes.items() if v is not None},
             "paper": PAPER_TABLE2[res.dataset],
             "consistency": res.consistency,
             "curves": res.curves,
+            "groups": groups_json(res.analysis) if res.analysis is not None else None,
+            "captions": res.captions,
         }
     return out

@@ -15,6 +15,7 @@ the last `val/<metric>`; `eval/<metric>` for the captioning and retrieval scores
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.names import DATASET_TITLES, ENCODER_TITLES, ENCODERS, PRETRAIN_DATASET, TABLE2_ORDER, phase_of, run_name
@@ -171,3 +172,37 @@ def curve(client, run_id: str, key: str) -> tuple[list[int], list[float]]:
             by_step[m.step] = (m.timestamp, m.value)
     steps = sorted(by_step)
     return steps, [by_step[s][1] for s in steps]
+
+
+def finished_runs(client, experiment_id: str | None) -> dict[str, list]:
+    """Every finished run by validation set, newest first (what the grouping analyses)."""
+    out: dict[str, list] = {d: [] for d in TABLE2_ORDER}
+    if experiment_id is None:
+        return out
+    for run in _all_runs(client, experiment_id):
+        dataset, _ = _identify(run)
+        if run.info.status == "FINISHED" and dataset is not None:
+            out[dataset].append(run)
+    return out
+
+
+def caption_samples(client, run) -> dict[str, dict]:
+    """{image_id: {"generated", "references"}} from the run's `eval/*-captions.md` artifact (the
+    evaluation stage's table, pipeline.evaluate.evaluation.samples_markdown); {} when it has none."""
+    import re
+    import tempfile
+
+    try:
+        names = [a.path for a in client.list_artifacts(run.info.run_id, "eval") if a.path.endswith("-captions.md")]
+        if not names:
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(run.info.run_id, names[0], tmp)).read_text(encoding="utf-8")
+    except Exception:  # noqa: BLE001 - artifacts are optional extras of the report
+        return {}
+    samples = {}
+    for line in text.splitlines()[4:]:  # title, blank, header, rule
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) == 3:
+            samples[cells[0]] = {"generated": cells[1], "references": cells[2].split("<br>")}
+    return samples

@@ -28,8 +28,13 @@ class Estimate:
 
     @property
     def excludes_zero(self) -> bool:
-        """The interval lies wholly on one side of zero (a difference the seeds support)."""
-        return self.low is not None and (self.low > 0 or self.high < 0)
+        """The interval lies wholly on one side of zero (a difference the seeds support). Floating-point
+        residue of an exactly zero contrast (|bound| < 1e-12) does not count as a side."""
+        return self.low is not None and (self.low > 1e-12 or self.high < -1e-12)
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "sd": self.sd, "n": self.n, "ci95": [self.low, self.high],
+                "excludes_zero": self.excludes_zero}
 
 
 def estimate(values: Sequence[float], level: float = LEVEL) -> Estimate:

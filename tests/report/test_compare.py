@@ -35,7 +35,7 @@ def test_missing_baseline_runs_are_reported_not_fatal(store, tmp_path: Path) -> 
         assert (f"> **Missing** — Baseline CoCa: no finished run `{name}` in experiment grr-coca at {uri} — "
                 f"run `dvc exp run -S model.encoder=baseline -S preset=smoke`") in section(md, title)
         assert (tmp_path / "reports" / f"curves-{dataset}.png").exists()  # GRR's curves alone
-    assert row(md, "MSCOCO", "CoCa loss ↓") == ["—", "3.0000", "—", "4.6955", "4.4090", "-6.10%"]
+    assert row(md, "MSCOCO", "CoCa loss ↓") == ["—", "3.0000", "—", "—", "4.6955", "4.4090", "-6.10%"]
 
 
 def test_runs_pinned_by_id(store, tmp_path: Path, capsys) -> None:
@@ -75,7 +75,7 @@ def test_no_tracking_store_yet(tmp_path: Path, capsys) -> None:
     assert "**No tracking store**" in md and not (tmp_path / "none").exists()
     assert md.count("> **Missing**") == 8
     assert "run `dvc exp run -S model.encoder=grr`" in md
-    assert row(md, "ROCO", "CoCa loss ↓") == ["—", "—", "—", "7.0609", "6.8708", "-2.69%"]
+    assert row(md, "ROCO", "CoCa loss ↓") == ["—", "—", "—", "—", "7.0609", "6.8708", "-2.69%"]
     assert not list((tmp_path / "reports").glob("*.png"))
     with pytest.raises(SystemExit, match="the tracking store .* does not exist"):
         main(["compare", "--tracking-uri", uri, "--out", str(tmp_path / "reports"), "--grr", "abc"])
@@ -86,3 +86,22 @@ def test_no_experiment_yet(store, tmp_path: Path) -> None:
         main(["compare", "--tracking-uri", store["uri"], "--out", str(tmp_path), "--experiment", "elsewhere"])
     md = compare(store["uri"], tmp_path, experiment="elsewhere").read_text()
     assert f"**No experiment** `elsewhere` at `{store['uri']}`" in md and md.count("> **Missing**") == 8
+
+
+def test_captions_of_both_encoders_beside_a_reference(store, tmp_path: Path) -> None:
+    from pipeline.evaluate.evaluation import samples_markdown
+
+    shutil.copy(store["root"] / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    for encoder, words in (("baseline", "a red square"), ("grr", "a red | blue square")):
+        path = tmp_path / encoder / "pretrain-captions.md"
+        path.parent.mkdir()
+        path.write_text(samples_markdown("pretrain", [
+            {"image_id": "img7", "generated": words, "references": ["A red square.", "A square"]},
+            {"image_id": f"only-{encoder}", "generated": "x", "references": ["y"]}]))
+        client.log_artifact(store["ids"][encoder], str(path), "eval")
+    md = compare(uri, tmp_path / "reports").read_text()
+    assert "| img7 | A red square. | a red square | a red \\| blue square |" in section(md, "CC12M")  # | escaped
+    assert "only-" not in md  # shown only for images both encoders captioned
+    assert "Captions of the first validation images" not in section(md, "MSCOCO")  # none logged there

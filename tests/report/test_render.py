@@ -16,23 +16,26 @@ def test_report_has_both_encoders_changes_and_the_papers_numbers(default_report:
     md = default_report.read_text()
     assert "Table 2 of the GRR-CoCa preprint" in md
     # Hand-checked: MSCOCO CoCa loss 1.0 + 2 * 1.5 = 4.0 against 0.5 + 2 * 1.25 = 3.0; CC12M contrastive 0.4 -> 0.3.
-    assert row(md, "MSCOCO", "CoCa loss ↓") == ["4.0000", "3.0000", "-25.00%", "4.6955", "4.4090", "-6.10%"]
-    assert row(md, "CC12M", "contrastive loss ↓") == ["0.4000", "0.3000", "-25.00%", "0.3610", "0.2626", "-27.25%"]
-    assert row(md, "CC12M", "BLEU-4 ↑") == ["0.2000", "0.2500", "+25.00%", "not reported", "not reported",
-                                           "not reported"]
-    assert row(md, "ROCO", "text→image R@10 (%) ↑")[:3] == ["50.00", "55.00", "+10.00%"]
+    assert row(md, "MSCOCO", "CoCa loss ↓") == ["4.0000", "3.0000", "-1.0000", "-25.00%", "4.6955", "4.4090",
+                                                      "-6.10%"]
+    assert row(md, "CC12M", "contrastive loss ↓") == ["0.4000", "0.3000", "-0.1000", "-25.00%", "0.3610", "0.2626",
+                                                         "-27.25%"]
+    assert row(md, "CC12M", "BLEU-4 ↑") == ["0.2000", "0.2500", "+0.0500", "+25.00%", "not reported",
+                                           "not reported", "not reported"]
+    assert row(md, "ROCO", "text→image R@10 (%) ↑")[:4] == ["50.00", "55.00", "+5.00", "+10.00%"]  # 50 -> 55 of 100
     for dataset, title in TITLES.items():
         b, g = losses(dataset, *VALUES["baseline"][dataset]), losses(dataset, *VALUES["grr"][dataset])
         paper = PAPER_TABLE2[dataset]
         for key, label in (("coca_loss", "CoCa loss ↓"), ("perplexity", "perplexity ↓"),
                            ("contrastive_loss", "contrastive loss ↓")):
-            assert row(md, title, label) == [f"{b[key]:.4f}", f"{g[key]:.4f}", pct(b[key], g[key]),
+            assert row(md, title, label) == [f"{b[key]:.4f}", f"{g[key]:.4f}", f"{g[key] - b[key]:+.4f}", pct(b[key], g[key]),
                                              f"{paper['baseline'][key]:.4f}", f"{paper['grr'][key]:.4f}",
                                              f"{paper['change'][key]:+.2f}%"]
-        assert row(md, title, "caption loss ↓")[:3] == [f"{b['caption_loss']:.4f}", f"{g['caption_loss']:.4f}",
+        assert row(md, title, "caption loss ↓")[:4] == [f"{b['caption_loss']:.4f}", f"{g['caption_loss']:.4f}",
+                                                        f"{g['caption_loss'] - b['caption_loss']:+.4f}",
                                                         pct(b["caption_loss"], g["caption_loss"])]
         for key, label in (("cider", "CIDEr ↑"), ("i2t_r5", "image→text R@5 (%) ↑")):
-            assert row(md, title, label)[2] == pct(EVAL["baseline"][key], EVAL["grr"][key])
+            assert row(md, title, label)[3] == pct(EVAL["baseline"][key], EVAL["grr"][key])
     assert "Missing" not in md
 
 
@@ -41,7 +44,7 @@ def test_runs_listed_baseline_first_with_how_they_were_chosen(store, default_rep
     cc12m = section(md, "CC12M")
     assert cc12m.index(ids["baseline"]) < cc12m.index(ids["grr"])
     assert f"| GRR-CoCa | `pretrain-grr` `{ids['grr']}` | latest finished `pretrain-grr`; status FINISHED, " \
-           "preset smoke |" in cc12m
+           "preset smoke, seed ?, weights: not logged |" in cc12m
     assert "fine-tuned from " + ids["grr"] in section(md, "MSCOCO")
     assert "Our runs use preset `smoke`, not `paper`" in cc12m
 

@@ -30,7 +30,7 @@ def losses(dataset: str, con: float, cap: float) -> dict[str, float]:
 
 def log_run(client: MlflowClient, experiment_id: str, encoder: str, dataset: str, con: float, cap: float, *,
             start: int, status: str = "FINISHED", tags: dict | None = None, final: bool = True,
-            evaluation: dict | None = None, lambda_params: bool = True) -> str:
+            evaluation: dict | None = None, lambda_params: bool = True, params: dict | None = None) -> str:
     """A run as the trainer logs it: val/ curve ending at (con, cap), final/, eval/, params and tags."""
     phase = "pretrain" if dataset == "cc12m" else "finetune"
     name = f"pretrain-{encoder}" if phase == "pretrain" else f"finetune-{dataset}-{encoder}"
@@ -44,8 +44,9 @@ def log_run(client: MlflowClient, experiment_id: str, encoder: str, dataset: str
     if final:
         metrics += [Metric(f"final/{k}", v, start + 99, STEPS[-1]) for k, v in losses(dataset, con, cap).items()]
     metrics += [Metric(f"eval/{k}", v, start + 99, STEPS[-1]) for k, v in (evaluation or {}).items()]
-    params = [Param(f"{phase}.lambda_{w}", str(v)) for w, v in zip(("con", "cap"), LAMBDAS[phase])]
-    client.log_batch(run.info.run_id, metrics=metrics, params=params if lambda_params else [])
+    params_of_lambdas = [Param(f"{phase}.lambda_{w}", str(v)) for w, v in zip(("con", "cap"), LAMBDAS[phase])]
+    logged = (params_of_lambdas if lambda_params else []) + [Param(k, str(v)) for k, v in (params or {}).items()]
+    client.log_batch(run.info.run_id, metrics=metrics, params=logged)
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status, end_time=start + 100)
     return run.info.run_id

@@ -219,3 +219,16 @@ def test_a_missing_input_stops_the_stage_with_one_line(tmp_path, data):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {missing}: not found; run the stages that make them first (dvc repro)"]
+
+
+def test_the_seed_alone_decides_the_weights(tmp_path, data, pretrained, mlflow_env):
+    """train.seed reaches initial weights, data order and dropout: the same seed twice gives the same
+    weights bit for bit; another seed gives other weights (dropout on, so all three sources count)."""
+    def weights(work, seed):
+        train(build_cfg(seed=seed, pretrain={"dropout": 0.1}), pretrain_spec(data, work))
+        return torch.load(work / "out/final.pt", weights_only=True)["model"]
+
+    first, again, other = (weights(tmp_path / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
