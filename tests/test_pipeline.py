@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ import yaml
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["dvc.yaml", "params.yaml", "pipeline", "stages", ".dvc/config", ".dvcignore"]
+# .gitignore too: without it DVC writes data/raw/.gitignore, which then belongs to the download stages'
+# `data/raw` dependency in this repository but not in a queued experiment's copy.
+COPIED = ["dvc.yaml", "params.yaml", "pipeline", "stages", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def run(cmd, cwd, env=None):
@@ -146,3 +149,39 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
     out = run([str(Path(sys.executable).parent / "grr-coca"), "caption", str(image), "--checkpoint",
                "data/models/finetune/mscoco/final.pt"], repo, env)
     assert out.startswith(str(image) + "\t")  # a tiny model trained for 8 steps may say little
+
+
+def test_a_queued_grid_skips_the_data_stages_and_lands_in_mlflow(repo, env):
+    """After the pipeline ran once and dvc.lock is committed (as the repository commits it), every
+    queued experiment starts from it: the 14 data stages are skipped, only training and evaluation run."""
+    import mlflow
+
+    run(dvc("repro", "evaluate@pretrain"), repo, env)  # done already when the tests above ran
+    run(["git", "config", "user.email", "tests@example.org"], repo)
+    run(["git", "config", "user.name", "tests"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "the pipeline and its lock"], repo)
+    run(dvc("exp", "run", "--queue", "-S", "train.seed=3,4", "evaluate@pretrain"), repo, env)
+    run(dvc("queue", "start", "-j", "1"), repo, env)
+    deadline = time.time() + 600
+    while time.time() < deadline and any(state in run(dvc("queue", "status"), repo, env)
+                                         for state in ("Queued", "Running")):
+        time.sleep(2)
+    status = run(dvc("queue", "status"), repo, env)
+    names = [line.split()[1] for line in status.splitlines()[1:] if "Success" in line]
+    assert len(names) == 2, status
+    for name in names:
+        log = run(dvc("queue", "logs", name), repo, env)
+        # Upstream of evaluate@pretrain: demo_data, 4 downloads, 4 splits, tokenize, shard@cc12m.
+        upstream = ["demo_data", "tokenize", "shard@cc12m",
+                    *(f"{stage}@{d}" for stage in ("download", "split") for d in ("cc12m", "mscoco", "flickr30k", "roco"))]
+        assert all(f"Stage '{s}' didn't change, skipping" in log for s in upstream), log[-3000:]
+        ran = [line for line in log.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'pretrain':", "Running stage 'evaluate@pretrain':"], ran
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    seeds = {r.data.params["train.seed"] for r in client.search_runs(
+        [client.get_experiment_by_name("grr-coca").experiment_id], "attributes.run_name = 'pretrain-grr'")
+        if r.info.status == "FINISHED" and "eval/bleu4" in r.data.metrics}
+    assert {"3", "4"} <= seeds
+    report = json.loads(run_compare(repo, env))
+    assert sorted(report["datasets"]["cc12m"]["seeds"]["grr"]) == ["0", "3", "4"]  # the repro's seed 0 too
