@@ -182,3 +182,20 @@ def test_every_stage_script_is_used():
     used = {_script(stage) for stage in STAGES.values()}
     unused = [s.relative_to(ROOT).as_posix() for s in SCRIPTS if s.relative_to(ROOT).as_posix() not in used]
     assert not unused, f"stages/ scripts that no dvc.yaml stage runs: {unused}"
+
+
+def test_the_committed_dvc_lock_records_this_code():
+    """dvc.lock is committed (DVC's convention) so that queued experiments start from it and skip the
+    data stages. It must record the code in the tree: a stale entry would rerun a stage in every queued
+    experiment. After changing a stage's code, run `make demo` and commit dvc.lock and metrics/."""
+    import hashlib
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    stale = []
+    for stage, entry in lock.items():
+        for dep in entry.get("deps", []):
+            path = ROOT / dep["path"]
+            if dep["path"].endswith(".py") and hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
+                stale.append(f"{stage}: {dep['path']}")
+    assert not stale, "dvc.lock is stale (run `make demo`, commit dvc.lock and metrics/): " + ", ".join(stale)
+    assert len(lock) == 22, sorted(lock)  # every stage, each dataset of a foreach
