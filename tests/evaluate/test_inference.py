@@ -34,7 +34,7 @@ def checkpoint(tmp_path_factory):
         model.multimodal.head.bias.zero_()
         model.multimodal.head.bias[tokenizer.convert_tokens_to_ids("▁red")] = 20.0
     path = save_model(root / "final.pt", model.state_dict(), cfg, tokenizer_dir=root / "tokenizer",
-                      mlflow_run_id=None)
+                      mlflow_run_id="run123", phase="finetune", dataset="mscoco", epoch=3, step=12, weights_of="best")
     images = root / "images"
     images.mkdir()
     for i, colour in enumerate(["red", "blue", "green"]):
@@ -51,6 +51,16 @@ def test_caption_prints_one_caption_per_image(checkpoint, capsys):
     # the biased model generates "red" until the length limit (context_length - 1 tokens), decoded as text
     captions = [line.split("\t")[1] for line in lines]
     assert captions == [" ".join(["red"] * (cfg.context_length - 1))] * len(files)
+
+
+def test_every_inference_command_says_which_model_it_used(checkpoint, capsys):
+    _, path, images, cfg, _ = checkpoint
+    said = (f"model: grr (rmsnorm/geglu/rope2d), fine-tuned on mscoco, the best epoch's weights (epoch 3, step 12), "
+            f"MLflow run run123, from {path}")
+    cli(["caption", str(next(images.iterdir())), "--checkpoint", str(path)])
+    assert capsys.readouterr().err == f"grr-coca caption: {said}\n"  # on stderr: stdout stays path<TAB>caption
+    cli(["retrieve", "--images", str(images), "--query", "a red circle", "--checkpoint", str(path)])
+    assert capsys.readouterr().err == f"grr-coca retrieve: {said}\n"
 
 
 def test_retrieve_ranks_every_image(checkpoint, capsys):
