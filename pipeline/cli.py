@@ -66,7 +66,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     pins = {e: ids for e, ids in (("grr", args.grr), ("baseline", args.baseline)) if ids}
     try:
-        md = compare(args.tracking_uri, args.out, pins or None, experiment=args.experiment)
+        md = compare(args.tracking_uri, args.out, pins or None, experiment=args.experiment, reference=args.reference)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"grr-coca compare: {e}") from None
     report = json.loads((md.parent / "comparison.json").read_text())
@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs tagged pretrain_run_id=RUN_ID")
     p.add_argument("--baseline", action="append", default=[], metavar="RUN_ID",
                    help="pin a Baseline CoCa run by id (repeatable), as --grr")
+    p.add_argument("--reference", default="baseline", metavar="DESIGN",
+                   help="the ViT design every group's paired differences are taken against: baseline, grr or "
+                        "<norm>-<ffn>-<pos>, e.g. rmsnorm-gelu-sincos (default: %(default)s)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("caption", help=cmd_caption.__doc__)

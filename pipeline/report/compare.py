@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evaluate.metrics import coca_loss_consistency, rounding_tolerance
+from pipeline.model.config import BUNDLES
 from pipeline.names import ENCODER_TITLES, EXPERIMENT, TABLE2_ORDER, phase_of
 from pipeline.tracking import repo_root, sqlite_store, tracking_uri
 
 from .paper import PAPER_LAMBDAS, PAPER_TABLE2
-from .groups import METRIC_KEYS, Analysis, analyse, seed_of
+from .groups import METRIC_KEYS, Analysis, analyse, parse_design, seed_of
 from .plots import plot_curves, plot_groups
 from .render import COLUMNS, GROUP_METRICS, DatasetResult, as_json, render_markdown
 from .runs import Selection, caption_samples, finished_runs, run_lambdas, run_values, select_runs
@@ -60,13 +61,13 @@ def _table2_seeds(selection: Selection, analysis: Analysis, pinned: bool) -> dic
 
 
 def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path, runs: dict[str, list],
-            pinned: bool = False) -> list[DatasetResult]:
+            pinned: bool = False, reference: tuple[str, str, str] = BUNDLES["baseline"]) -> list[DatasetResult]:
     """Per validation set (Table 2 order): both columns' values over seeds, the paired differences,
     the consistency checks, every run grouped, the curves' and groups' PNGs, caption samples."""
     results = []
     for dataset in TABLE2_ORDER:
         sel = {e: selections[dataset, e] for e in COLUMNS}
-        result = DatasetResult(dataset, sel, analysis=analyse(runs.get(dataset, [])))
+        result = DatasetResult(dataset, sel, analysis=analyse(runs.get(dataset, []), reference=reference))
         for encoder, s in sel.items():
             if s.run is not None:
                 result.values[encoder] = run_values(s.run)
@@ -107,7 +108,7 @@ def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path,
 
 
 def compare(tracking_uri: str | None = None, out_dir: str | Path = "reports", runs: dict[str, list[str]] | None = None,
-            experiment: str = EXPERIMENT) -> Path:
+            experiment: str = EXPERIMENT, reference: str = "baseline") -> Path:
     """Write `<out_dir>/comparison.md`, `comparison.json` and `curves-<dataset>.png`; return the markdown's path.
 
     `runs` pins runs by id per encoder, e.g. {"grr": ["<pretrain run id>"], "baseline": ["<id>", "<id>"]}
@@ -116,6 +117,7 @@ def compare(tracking_uri: str | None = None, out_dir: str | Path = "reports", ru
     """
     from mlflow import MlflowClient
 
+    design = parse_design(reference)  # ValueError before anything is read or written
     uri = tracking_uri or default_tracking_uri()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,8 @@ def compare(tracking_uri: str | None = None, out_dir: str | Path = "reports", ru
         else:
             experiment_id = exp.experiment_id
     selections = select_runs(client, experiment_id, runs, f"experiment {experiment} at {uri}")
-    results = collect(client, selections, out_dir, finished_runs(client, experiment_id), pinned=bool(runs))
+    results = collect(client, selections, out_dir, finished_runs(client, experiment_id), pinned=bool(runs),
+                      reference=design)
     md = out_dir / "comparison.md"
     md.write_text(render_markdown(results, uri, experiment, notes))
     report = {**as_json(results, uri, experiment), "experiment_found": experiment_id is not None}

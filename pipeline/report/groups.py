@@ -6,8 +6,9 @@ among them (`train.seed` excepted: seeds are the replicates). A parameter some r
 before it existed) is not a factor. Within a group the latest finished run of each seed counts.
 
 For each group and metric: mean, standard deviation and a 95% t-interval over seeds
-(`pipeline.report.stats`). Each group is compared with its reference, the group of the Baseline
-bundle's design with the same other factors, by differences paired on `train.seed`. When the factors
+(`pipeline.report.stats`). Each group is compared with its reference, the group of the reference
+design (default: the Baseline bundle's; `grr-coca compare --reference`) with the same other factors,
+by differences paired on `train.seed`. When the factors
 form a full two-level grid (the 2x2x2 ablation), the main effects and two-way interactions follow, the
 high level of a design factor being GRR's choice. Pure functions of runs: no MLflow calls here.
 """
@@ -116,13 +117,30 @@ def _levels(factor: str, seen: set[str]) -> tuple[str, str] | None:
     return tuple(sorted(seen))
 
 
-def analyse(runs: list, metrics: list[str] = METRIC_KEYS) -> Analysis:
+def parse_design(text: str) -> tuple[str, str, str]:
+    """A reference design by name: a bundle (`baseline`, `grr`) or `<norm>-<ffn>-<pos>`
+    (the run-name form, with or without its `vit-` prefix): ValueError naming what is allowed."""
+    from pipeline.model.config import VIT_FFNS, VIT_NORMS, VIT_POSITIONS
+
+    if text in BUNDLES:
+        return BUNDLES[text]
+    parts = tuple(text.removeprefix("vit-").split("-"))
+    if len(parts) == 3 and parts[0] in VIT_NORMS and parts[1] in VIT_FFNS and parts[2] in VIT_POSITIONS:
+        return parts
+    raise ValueError(f"--reference {text!r}: expected baseline, grr or <norm>-<ffn>-<pos> with norm in "
+                     f"{'|'.join(VIT_NORMS)}, ffn in {'|'.join(VIT_FFNS)}, pos in {'|'.join(VIT_POSITIONS)}")
+
+
+def analyse(runs: list, metrics: list[str] = METRIC_KEYS, reference: tuple[str, str, str] = BUNDLES["baseline"]
+            ) -> Analysis:
+    """Group `runs` and compare each group with the one of design `reference` (default the Baseline
+    bundle's) that shares its other factors."""
     factors, groups = group_runs(runs)
     summary = {g.label: {k: estimate(list(v.values())) for k in metrics if (v := g.values(k))} for g in groups}
     references, differences = {}, {}
     for g in groups:
         others = {f: v for f, v in g.levels.items() if f not in DESIGN_FACTORS}
-        ref = next((r for r in groups if r.design == BUNDLES["baseline"]
+        ref = next((r for r in groups if r.design == reference
                     and {f: v for f, v in r.levels.items() if f not in DESIGN_FACTORS} == others), None)
         if ref is None or ref is g:
             continue

@@ -187,8 +187,8 @@ def _group_section(res: DatasetResult) -> list[str]:
         cells = " | ".join(_fmt_est(a.summary[g.label].get(k), _digits(k)) for k, _ in shown)
         lines.append(f"| {g.label} | {len(g.runs)} | {cells} |")
     if a.differences:
-        lines += ["", "Paired differences, group − reference (the Baseline design with the same other factors), "
-                  "over shared seeds; ✱: the interval excludes zero.", "",
+        lines += ["", "Paired differences, group − reference (the reference design with the same other factors; "
+                  "`--reference`, default the Baseline bundle), over shared seeds; ✱: the interval excludes zero.", "",
                   f"| group | reference | {head} |", f"| --- | --- | {rule} |"]
         for g in a.groups:
             if g.label in a.differences:

@@ -138,3 +138,15 @@ def test_a_missing_group_keeps_the_rest_and_says_why_there_are_no_effects(grid, 
            "ffn=geglu, pos=rope2d." in md
     assert cells(md, "norm=rmsnorm, ffn=gelu, pos=sincos")[0] == "3"
     assert (tmp_path / "reports" / "groups-cc12m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_another_reference_design(grid, tmp_path) -> None:
+    from pipeline.cli import main
+
+    main(["compare", "--tracking-uri", grid["uri"], "--out", str(tmp_path), "--reference", "rmsnorm-gelu-sincos"])
+    groups = json.loads((tmp_path / "comparison.json").read_text())["datasets"]["cc12m"]["groups"]["groups"]
+    base = next(g for g in groups if g["design"] == list(BUNDLES["baseline"]))
+    assert base["reference"] == "norm=rmsnorm, ffn=gelu, pos=sincos"
+    assert base["paired_difference"]["contrastive_loss"]["mean"] == pytest.approx(-0.5)  # 1.0 against 1.5
+    with pytest.raises(SystemExit, match="--reference 'rmsnorm-gelu': expected baseline, grr or <norm>-<ffn>-<pos>"):
+        main(["compare", "--tracking-uri", grid["uri"], "--out", str(tmp_path), "--reference", "rmsnorm-gelu"])
