@@ -25,7 +25,9 @@ from .runs import EVAL_METRICS, VAL_METRICS, run_values
 from .stats import Estimate, estimate, factorial_effects, paired_difference
 
 DESIGN_FACTORS = ("vit.norm", "vit.ffn", "vit.pos")  # the run tags of the design in force
-NOT_FACTORS = {"train.seed", "model.encoder", "model.vit.norm", "model.vit.ffn", "model.vit.pos"}  # as the design
+# Params that are not factors of their own: the seed is the replicate; the rest is the design, which
+# the trainer logs as model.* (as set, null for the bundle's) and as vit.* (in force).
+NOT_FACTORS = {"train.seed", "model.encoder", "model.vit.norm", "model.vit.ffn", "model.vit.pos", *DESIGN_FACTORS}
 METRIC_KEYS = [k for k, _, _ in VAL_METRICS + EVAL_METRICS]
 
 

@@ -47,7 +47,7 @@ def grid(tmp_path_factory) -> dict:
                         params={"train.seed": seed, "pretrain.epochs": 8})
             start += 10
             log_run(client, exp, encoder_of(design), "cc12m", contrastive(design, seed), CAPTION, start=start,
-                    tags=tags, params={"train.seed": seed, "pretrain.epochs": 8, "model.vit.norm": design[0]})
+                    tags=tags, params={"train.seed": seed, "pretrain.epochs": 8, "model.vit.norm": design[0], **tags})
     return {"root": root, "uri": uri}
 
 
@@ -68,7 +68,8 @@ def cells(md: str, label: str) -> list[str]:
 def test_runs_are_grouped_by_the_design_factors_with_seeds_as_replicates(report) -> None:
     md, data = report
     groups = data["datasets"]["cc12m"]["groups"]
-    # pretrain.epochs is the same everywhere and model.vit.norm stands for the design: neither is a factor.
+    # pretrain.epochs is the same everywhere; the params model.vit.norm and vit.* (as the trainer logs
+    # them) stand for the design: none is a factor of its own.
     assert groups["factors"] == ["vit.norm", "vit.ffn", "vit.pos"]
     assert len(groups["groups"]) == 8 and all(set(g["runs"]) == {"0", "1", "2"} for g in groups["groups"])
     assert groups["groups"][0]["label"] == "norm=layernorm, ffn=gelu, pos=sincos (baseline)"
