@@ -44,7 +44,7 @@ def grid(tmp_path_factory) -> dict:
         for seed in SEEDS:
             if design == BUNDLES["grr"] and seed == 0:  # an older run of the same cell and seed: not counted
                 log_run(client, exp, "grr", "cc12m", 9.0, CAPTION, start=start, tags=tags,
-                        params={"train.seed": seed, "pretrain.epochs": 8})
+                        params={"train.seed": seed, "pretrain.epochs": 8, **tags})
             start += 10
             log_run(client, exp, encoder_of(design), "cc12m", contrastive(design, seed), CAPTION, start=start,
                     tags=tags, params={"train.seed": seed, "pretrain.epochs": 8, "model.vit.norm": design[0], **tags})
