@@ -116,10 +116,14 @@ def _fmt_est(e: Estimate | None, digits: int = 4, signed: bool = False) -> str:
     if e is None:
         return "—"
     sign = "+" if signed else ""
+
+    def num(v: float) -> str:
+        return f"{(v if round(v, digits) else 0.0):{sign}.{digits}f}"  # no "-0.0000"
+
     if e.n == 1:
-        return f"{e.mean:{sign}.{digits}f}"
+        return num(e.mean)
     flag = " ✱" if signed and e.excludes_zero else ""
-    return f"{e.mean:{sign}.{digits}f} [{e.low:{sign}.{digits}f}, {e.high:{sign}.{digits}f}]{flag}"
+    return f"{num(e.mean)} [{num(e.low)}, {num(e.high)}]{flag}"
 
 
 def _difference(res: DatasetResult, key: str) -> str:
