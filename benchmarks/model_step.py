@@ -1,14 +1,18 @@
-"""Time a full CoCa training step: our Baseline CoCa beside open_clip's CoCa.
+"""Time a full CoCa training step: our Baseline and GRR CoCa beside open_clip's CoCa, against the
+machine's fp32 matmul ceiling.
 
 One step = forward, contrastive + captioning losses (lambda_con = 2, lambda_cap = 1), backward,
 AdamW step. Both models get the same width, depth, heads, image size, text context (64 input tokens)
 and batch, in the same process, with steps interleaved (ours fp32, open_clip fp32, ours bf16, ...)
-so that both see the same machine load. Reported: samples/s from the median step time.
+so that both see the same machine load. Reported: samples/s from the median step time; FLOPs per
+sample of each fp32 step counted with torch's FlopCounterMode (one forward + backward); the machine's
+fp32 matmul ceiling (the best 4096x4096 `torch.mm` on the same threads, before and after the steps);
+and the utilisation, counted FLOP/s over that ceiling (a CPU "model FLOPs utilisation").
 
 open_clip is NOT a project dependency; this script runs in its own virtualenv:
 
     python3.11 -m venv .venv-bench
-    .venv-bench/bin/pip install -e . -r benchmarks/requirements-bench.txt
+    .venv-bench/bin/pip install -r benchmarks/requirements-bench.txt
     .venv-bench/bin/python benchmarks/model_step.py                 # demo and paper sizes
     .venv-bench/bin/python benchmarks/model_step.py --sizes demo --steps 10
 
@@ -74,22 +78,48 @@ def open_clip_coca(cfg: ModelConfig):
     return model, loss
 
 
+def matmul_ceiling(threads: int, n: int = 4096, reps: int = 5) -> float:
+    """The machine's fp32 matmul GFLOP/s on these threads: the best of `reps` n x n `torch.mm` (2 n^3
+    FLOPs each), the ceiling a model step's own matmuls could reach."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: allocation, thread pool
+    best = min(timed(lambda: torch.mm(a, b))[0] for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def flops_per_sample(step, batch: int) -> float:
+    """Forward + backward FLOPs of one step per sample, counted by torch's FlopCounterMode (matmuls,
+    convolutions, attention; elementwise work and the optimizer are not counted, as in MFU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops() / batch
+
+
 def make_steps(cfg: ModelConfig, batch: int):
-    """Three step closures sharing one batch: ours fp32, open_clip fp32, ours bf16 autocast."""
+    """Step closures sharing one batch: ours (Baseline and GRR) fp32, open_clip fp32, ours bf16 autocast."""
     torch.manual_seed(0)
     images = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
     seq = captions(cfg, batch)
-
-    ours = CoCa(cfg)
-    ours_opt = torch.optim.AdamW(ours.optimizer_param_groups(0.001), lr=1e-5, fused=True)
     ours_loss = CoCaLoss(2.0, 1.0, cfg.tokens)
 
-    def ours_step(bf16: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = ours_loss(ours(images, seq[:, :-1]), seq[:, 1:])["loss"]
-        ours_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ours_opt.step()
+    def our_step(model_cfg: ModelConfig):
+        model = CoCa(model_cfg)
+        opt = torch.optim.AdamW(model.optimizer_param_groups(0.001), lr=1e-5, fused=True)
+
+        def step(bf16: bool = False) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = ours_loss(model(images, seq[:, :-1]), seq[:, 1:])["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return model, step
+
+    ours, ours_step = our_step(cfg)
+    _, grr_step = our_step(cfg.replace(encoder="grr"))
 
     theirs, theirs_loss = open_clip_coca(cfg)
     theirs_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-5, weight_decay=0.001, fused=True)
@@ -106,7 +136,7 @@ def make_steps(cfg: ModelConfig, batch: int):
 
     counts = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
     return {"ours fp32": lambda: ours_step(False), "open_clip fp32": theirs_step,
-            "ours bf16": lambda: ours_step(True)}, counts
+            "ours grr fp32": lambda: grr_step(False), "ours bf16": lambda: ours_step(True)}, counts
 
 
 def timed(step) -> tuple[float, float]:
@@ -123,6 +153,9 @@ def bench(size: str, batch: int, steps: int, warmup: int) -> dict[str, dict[str,
           f"{cfg.multimodal_layers}, heads {cfg.heads}, image {cfg.image_size}/{cfg.patch_size}, "
           f"context {cfg.context_length}, vocab {cfg.vocab_size}, batch {batch}; "
           f"params ours {n_ours:,}, open_clip {n_theirs:,}", flush=True)
+    flops = {name: flops_per_sample(step, batch) for name, step in runs.items() if "fp32" in name}
+    print("  forward+backward GFLOP per sample (FlopCounterMode): "
+          + ", ".join(f"{n} {f / 1e9:.1f}" for n, f in flops.items()), flush=True)
     walls: dict[str, list[float]] = {name: [] for name in runs}
     cpus: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(warmup + steps):
@@ -138,7 +171,7 @@ def bench(size: str, batch: int, steps: int, warmup: int) -> dict[str, dict[str,
     # On a shared machine interference only adds time: report the median and the best wall-clock
     # step, and the best CPU time of the process (with --threads 1 that is the compute time).
     return {name: {"median": batch / statistics.median(walls[name]), "best": batch / min(walls[name]),
-                   "cpu": batch / min(cpus[name])} for name in walls}
+                   "cpu": batch / min(cpus[name]), "flops": flops.get(name, 0.0)} for name in walls}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,16 +185,25 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
+    ceiling = matmul_ceiling(args.threads)
+    print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s (best of 5 4096x4096 torch.mm, {args.threads} thread(s))")
     results = {size: bench(size, args.batch, args.steps, args.warmup) for size in args.sizes}
-    print(f"\nsamples/s, batch {args.batch}, {args.threads} thread(s): median and best wall-clock step;"
+    ceiling_after = matmul_ceiling(args.threads)
+    print(f"\nfp32 matmul ceiling before / after the steps: {ceiling:.1f} / {ceiling_after:.1f} GFLOP/s; "
+          "utilisation = counted FLOPs per sample x samples/s / the higher ceiling")
+    ceiling = max(ceiling, ceiling_after)
+    print(f"samples/s, batch {args.batch}, {args.threads} thread(s): median and best wall-clock step;"
           f" 'cpu' = samples per CPU-second of the process (best step)")
-    print(f"{'size':<7}{'stat':<8}{'ours fp32':>11}{'open_clip fp32':>16}{'ours bf16':>11}"
-          f"{'ours/oc fp32':>14}{'ours bf16/oc fp32':>19}")
+    names = ("ours fp32", "ours grr fp32", "open_clip fp32", "ours bf16")
+    print(f"{'size':<7}{'stat':<8}" + "".join(f"{n:>16}" for n in names)
+          + f"{'ours/oc':>9}{'grr/ours':>10}" + "".join(f"{'util ' + n.split(' fp32')[0]:>16}" for n in names[:3]))
     for size, r in results.items():
         for stat in ("median", "best", "cpu"):
-            ours, theirs, bf16 = (r[n][stat] for n in ("ours fp32", "open_clip fp32", "ours bf16"))
-            print(f"{size:<7}{stat:<8}{ours:>11.3f}{theirs:>16.3f}{bf16:>11.3f}"
-                  f"{ours / theirs:>14.2f}{bf16 / theirs:>19.2f}")
+            v = {n: r[n][stat] for n in names}
+            util = [r[n]["flops"] * v[n] / 1e9 / ceiling for n in names[:3]]
+            print(f"{size:<7}{stat:<8}" + "".join(f"{v[n]:>16.3f}" for n in names)
+                  + f"{v['ours fp32'] / v['open_clip fp32']:>9.2f}{v['ours grr fp32'] / v['ours fp32']:>10.2f}"
+                  + "".join(f"{u:>16.2f}" for u in util))
 
 
 if __name__ == "__main__":
