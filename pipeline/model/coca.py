@@ -337,8 +337,15 @@ class CoCa(nn.Module):
             "image_embed": F.normalize(image_embed, dim=-1),
             "text_embed": F.normalize(text_embed, dim=-1),
             "logits": logits,
-            "logit_scale": self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp(),
+            "logit_scale": self._capped_logit_scale().exp(),
         }
+
+    def _capped_logit_scale(self) -> torch.Tensor:
+        """min(logit_scale, ln 100) with the gradient passing AT the cap. clamp_logit_scale_ leaves the
+        parameter exactly at the cap, and torch >= 2.14's clamp gives 0 gradient there (2.13 gave 1):
+        with clamp the temperature, once capped, could never move again."""
+        scale = self.logit_scale
+        return torch.where(scale > LOGIT_SCALE_MAX, scale.new_tensor(LOGIT_SCALE_MAX), scale)
 
     # ------------------------------------------------------------------ optimiser
     def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
