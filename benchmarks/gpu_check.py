@@ -58,6 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.inputs import captions
 from pipeline.config import model_preset
 from pipeline.data.preprocess import normalize
 from pipeline.model.coca import CoCa
@@ -136,20 +137,6 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def captions(cfg: ModelConfig, batch: int, seed: int = 0) -> torch.Tensor:
-    """Caption sequences BOS, tokens, EOS, PAD..., CLS, PAD (context_length + 1) of varied lengths,
-    as benchmarks/model_step.py builds them (copied: that script is not importable as a module)."""
-    g = torch.Generator().manual_seed(seed)
-    seq = torch.full((batch, cfg.context_length + 1), cfg.pad_id, dtype=torch.long)
-    for row in range(batch):
-        n = int(torch.randint(5, cfg.context_length - 3, (1,), generator=g))
-        seq[row, 0] = cfg.bos_id
-        seq[row, 1:n + 1] = torch.randint(3, cfg.bos_id, (n,), generator=g)
-        seq[row, n + 1] = cfg.eos_id
-        seq[row, -2] = cfg.cls_id
-    return seq
 
 
 def random_images(cfg: ModelConfig, batch: int, device: torch.device, seed: int) -> torch.Tensor:

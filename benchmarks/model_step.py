@@ -37,23 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.inputs import captions  # noqa: E402
 from pipeline.config import model_preset  # noqa: E402
 from pipeline.model.coca import CoCa  # noqa: E402
 from pipeline.model.config import ModelConfig  # noqa: E402
 from pipeline.model.losses import CoCaLoss  # noqa: E402
-
-
-def captions(cfg: ModelConfig, batch: int, seed: int = 0) -> torch.Tensor:
-    """Caption sequences BOS, tokens, EOS, PAD..., CLS, PAD (context_length + 1) of varied lengths."""
-    g = torch.Generator().manual_seed(seed)
-    seq = torch.full((batch, cfg.context_length + 1), cfg.pad_id, dtype=torch.long)
-    for row in range(batch):
-        n = int(torch.randint(5, cfg.context_length - 3, (1,), generator=g))
-        seq[row, 0] = cfg.bos_id
-        seq[row, 1:n + 1] = torch.randint(3, cfg.bos_id, (n,), generator=g)
-        seq[row, n + 1] = cfg.eos_id
-        seq[row, -2] = cfg.cls_id
-    return seq
 
 
 def open_clip_coca(cfg: ModelConfig):
