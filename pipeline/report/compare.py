@@ -23,12 +23,18 @@ from pipeline.model.config import BUNDLES
 from pipeline.names import ENCODER_TITLES, EXPERIMENT, TABLE2_ORDER, phase_of
 from pipeline.tracking import repo_root, sqlite_store, tracking_uri
 
+from .groups import Analysis, Group, analyse, design_of, parse_design, seed_of
 from .paper import PAPER_LAMBDAS, PAPER_TABLE2
-from .groups import METRIC_KEYS, Analysis, analyse, parse_design, seed_of
 from .plots import plot_curves, plot_groups
 from .render import COLUMNS, GROUP_METRICS, DatasetResult, as_json, render_markdown
-from .runs import Selection, caption_samples, finished_runs, run_lambdas, run_values, select_runs
-from .stats import estimate, paired_difference
+from .runs import (
+    Selection,
+    caption_samples,
+    finished_runs,
+    run_lambdas,
+    run_values,
+    select_runs,
+)
 
 CAPTION_SAMPLES = 5  # images whose reference, Baseline and GRR captions the report shows side by side
 
@@ -49,15 +55,15 @@ def _consistency(values: dict[str, float], lambdas: tuple[float, float], tol: fl
             "tolerance": c.tolerance, "ok": c.ok}
 
 
-def _table2_seeds(selection: Selection, analysis: Analysis, pinned: bool) -> dict:
-    """{seed: run} behind a Table 2 column: the selected run's group (its design and configuration, one
+def _table2_group(selection: Selection, analysis: Analysis, pinned: bool) -> Group:
+    """The runs behind a Table 2 column: the selected run's group (its design and configuration, one
     run per seed), or the selected run alone when runs were pinned."""
     run = selection.run
     if not pinned:
         for group in analysis.groups:
             if any(r.info.run_id == run.info.run_id for r in group.runs.values()):
-                return dict(group.runs)
-    return {seed_of(run): run}
+                return group
+    return Group({}, design_of(run), {seed_of(run): run})
 
 
 def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path, runs: dict[str, list],
@@ -68,13 +74,13 @@ def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path,
     for dataset in TABLE2_ORDER:
         sel = {e: selections[dataset, e] for e in COLUMNS}
         result = DatasetResult(dataset, sel, analysis=analyse(runs.get(dataset, []), reference=reference))
+        column: dict[str, Group] = {}  # encoder -> the runs of its Table 2 column
         for encoder, s in sel.items():
             if s.run is not None:
                 result.values[encoder] = run_values(s.run)
-                seeds = result.seeds[encoder] = _table2_seeds(s, result.analysis, pinned)
-                per_seed = {seed: run_values(r) for seed, r in seeds.items()}
-                keys = {k for v in per_seed.values() for k in v}
-                result.estimates[encoder] = {k: estimate([v[k] for v in per_seed.values() if k in v]) for k in keys}
+                column[encoder] = _table2_group(s, result.analysis, pinned)
+                result.seeds[encoder] = dict(column[encoder].runs)
+                result.estimates[encoder] = column[encoder].summary()
                 con, cap, source = run_lambdas(s.run, dataset)
                 check = _consistency(result.values[encoder], (con, cap), None)
                 if check:
@@ -82,13 +88,8 @@ def collect(client, selections: dict[tuple[str, str], Selection], out_dir: Path,
             paper, lambdas = PAPER_TABLE2[dataset][encoder], PAPER_LAMBDAS[phase_of(dataset)]
             check = _consistency(paper, lambdas, rounding_tolerance(paper["perplexity"], *lambdas))
             result.consistency[f"paper-{encoder}"] = {**check, "lambda_source": "paper"}
-        if len(result.seeds) == 2:
-            base, grr = (result.seeds[e] for e in ("baseline", "grr"))
-            for key in METRIC_KEYS:
-                b = {s: v for s, r in base.items() if (v := run_values(r).get(key)) is not None}
-                g = {s: v for s, r in grr.items() if (v := run_values(r).get(key)) is not None}
-                if set(b) & set(g):
-                    result.paired[key] = paired_difference(g, b)
+        if len(column) == 2:
+            result.paired = column["grr"].paired_with(column["baseline"])
             samples = {e: caption_samples(client, sel[e].run) for e in COLUMNS}
             shared = [i for i in samples["grr"] if i in samples["baseline"]][:CAPTION_SAMPLES]
             result.captions = [{"image_id": i, "references": samples["grr"][i]["references"],

@@ -59,6 +59,19 @@ class Group:
         text = ", ".join(f"{f.split('.')[-1]}={v}" for f, v in self.levels.items())
         return f"{text} ({bundle})" if bundle and any(f in DESIGN_FACTORS for f in self.levels) else text
 
+    def summary(self, metrics: list[str] = METRIC_KEYS) -> dict[str, Estimate]:
+        """Per metric, its estimate over this group's seeds (metrics no run logged are left out)."""
+        return {k: estimate(list(v.values())) for k in metrics if (v := self.values(k))}
+
+    def paired_with(self, reference: Group, metrics: list[str] = METRIC_KEYS) -> dict[str, Estimate]:
+        """Per metric, this group minus `reference`, paired by seed (metrics with no shared seed left out)."""
+        out = {}
+        for k in metrics:
+            mine, theirs = self.values(k), reference.values(k)
+            if set(mine) & set(theirs):
+                out[k] = paired_difference(mine, theirs)
+        return out
+
     def values(self, key: str) -> dict[int | None, float]:
         """{seed: value} of one metric, for the seeds whose run logged it."""
         out = {}
@@ -138,7 +151,7 @@ def analyse(runs: list, metrics: list[str] = METRIC_KEYS, reference: tuple[str, 
     """Group `runs` and compare each group with the one of design `reference` (default the Baseline
     bundle's) that shares its other factors."""
     factors, groups = group_runs(runs)
-    summary = {g.label: {k: estimate(list(v.values())) for k in metrics if (v := g.values(k))} for g in groups}
+    summary = {g.label: g.summary(metrics) for g in groups}
     references, differences = {}, {}
     for g in groups:
         others = {f: v for f, v in g.levels.items() if f not in DESIGN_FACTORS}
@@ -147,11 +160,7 @@ def analyse(runs: list, metrics: list[str] = METRIC_KEYS, reference: tuple[str, 
         if ref is None or ref is g:
             continue
         references[g.label] = ref.label
-        differences[g.label] = {}
-        for k in metrics:
-            mine, theirs = g.values(k), ref.values(k)
-            if set(mine) & set(theirs):
-                differences[g.label][k] = paired_difference(mine, theirs)
+        differences[g.label] = g.paired_with(ref, metrics)
     effects, effect_levels, note = {}, {}, ""
     levels = {f: _levels(f, {g.levels[f] for g in groups}) for f in factors}
     cells = {tuple(g.levels[f] for f in factors): g for g in groups}

@@ -11,7 +11,8 @@ from typing import Any
 
 from pipeline.names import DATASET_TITLES, ENCODER_TITLES, ENCODERS, phase_of
 
-from .groups import Analysis, as_json as groups_json, terms
+from .groups import Analysis, terms
+from .groups import as_json as groups_json
 from .paper import PAPER_TABLE2
 from .runs import EVAL_METRICS, VAL_METRICS, Selection, name_of
 from .stats import Estimate
