@@ -15,8 +15,9 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp
 
 from pipeline.checks import exit_on_user_error  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.evaluate.evaluation import evaluate, read_validation_set, samples_markdown  # noqa: E402
+from pipeline.evaluate.evaluation import evaluate, read_validation_set  # noqa: E402
 from pipeline.evaluate.inference import load_checkpoint, pick_device  # noqa: E402
+from pipeline.evaluate.samples import samples_markdown  # noqa: E402
 from pipeline.io import write_text  # noqa: E402
 from pipeline.tracking import attach, repo_root  # noqa: E402
 

@@ -92,14 +92,3 @@ def evaluate(loaded: LoadedModel, val: ValidationSet, num_beams: int = 3, batch_
     shown = [{"image_id": i, "generated": predictions[i], "references": val.references[i]}
              for i in val.image_ids[:samples_to_show]]
     return {k: float(v) for k, v in metrics.items()}, shown
-
-
-def samples_markdown(title: str, samples: list[dict]) -> str:
-    lines = [f"# {title}", "", "| image | generated | references |", "| --- | --- | --- |"]
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    for s in samples:
-        refs = "<br>".join(cell(r) for r in s["references"])
-        lines.append(f"| {s['image_id']} | {cell(s['generated'])} | {refs} |")
-    return "\n".join(lines) + "\n"

@@ -188,9 +188,10 @@ def finished_runs(client, experiment_id: str | None) -> dict[str, list]:
 
 def caption_samples(client, run) -> dict[str, dict]:
     """{image_id: {"generated", "references"}} from the run's `eval/*-captions.md` artifact (the
-    evaluation stage's table, pipeline.evaluate.evaluation.samples_markdown); {} when it has none."""
-    import re
+    evaluation stage's table, pipeline.evaluate.samples); {} when it has none."""
     import tempfile
+
+    from pipeline.evaluate.samples import read_samples_markdown
 
     try:
         names = [a.path for a in client.list_artifacts(run.info.run_id, "eval") if a.path.endswith("-captions.md")]
@@ -200,9 +201,4 @@ def caption_samples(client, run) -> dict[str, dict]:
             text = Path(client.download_artifacts(run.info.run_id, names[0], tmp)).read_text(encoding="utf-8")
     except Exception:  # noqa: BLE001 - artifacts are optional extras of the report
         return {}
-    samples = {}
-    for line in text.splitlines()[4:]:  # title, blank, header, rule
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        if len(cells) == 3:
-            samples[cells[0]] = {"generated": cells[1], "references": cells[2].split("<br>")}
-    return samples
+    return read_samples_markdown(text)

@@ -154,3 +154,12 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"grr-coca: error: {tmp_path / 'none'}: nothing to retry: no download here yet (run the download first)"]
+
+
+def test_the_caption_samples_table_reads_back_as_written():
+    from pipeline.evaluate.samples import read_samples_markdown, samples_markdown
+
+    shown = [{"image_id": "7", "generated": "a | b", "references": ["one", "two | three"]},
+             {"image_id": "8", "generated": "c", "references": ["d"]}]
+    assert read_samples_markdown(samples_markdown("t", shown)) == {
+        s["image_id"]: {"generated": s["generated"], "references": s["references"]} for s in shown}

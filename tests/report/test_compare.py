@@ -89,7 +89,7 @@ def test_no_experiment_yet(store, tmp_path: Path) -> None:
 
 
 def test_captions_of_both_encoders_beside_a_reference(store, tmp_path: Path) -> None:
-    from pipeline.evaluate.evaluation import samples_markdown
+    from pipeline.evaluate.samples import samples_markdown
 
     shutil.copy(store["root"] / "mlflow.db", tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
