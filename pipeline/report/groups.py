@@ -196,8 +196,3 @@ def as_json(analysis: Analysis) -> dict[str, Any]:
         "effects": {k: {t: e.as_dict() for t, e in by_term.items()} for k, by_term in analysis.effects.items()},
         "effects_note": analysis.effects_note,
     }
-
-
-def terms(factors: list[str]) -> list[str]:
-    """The effect names `factorial_effects` returns, in its order."""
-    return list(factors) + [" x ".join(pair) for pair in itertools.combinations(factors, 2)]

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.names import DATASET_TITLES, ENCODER_TITLES, ENCODERS, phase_of
 
-from .groups import Analysis, terms
+from .groups import Analysis
 from .groups import as_json as groups_json
 from .paper import PAPER_TABLE2
 from .runs import EVAL_METRICS, VAL_METRICS, Selection, name_of
@@ -207,7 +207,7 @@ def _group_section(res: DatasetResult) -> list[str]:
                   "A x B is half the difference between A's effect at B high and at B low. Per seed, then "
                   "a t-interval over seeds; ✱: excludes zero.", "",
                   f"| effect | {head} |", f"| --- | {rule} |"]
-        for term in terms(a.factors):
+        for term in next(iter(a.effects.values())):  # stats.factorial_effects' names and order
             cells = " | ".join(_fmt_est(a.effects.get(k, {}).get(term), _digits(k), signed=True) for k, _ in shown)
             lines.append(f"| {term} | {cells} |")
     if a.effects_note:
