@@ -38,8 +38,8 @@ class LoadedModel:
         epoch and step, MLflow run and file (so a workspace switched to another experiment cannot
         caption silently with the other encoder)."""
         c, meta = self.checkpoint.config, self.checkpoint.meta
-        phase = {"pretrain": "pre-trained on cc12m", "finetune": f"fine-tuned on {meta.get('dataset', '?')}"}.get(
-            meta.get("phase"), "phase unknown")
+        done = {"pretrain": "pre-trained", "finetune": "fine-tuned"}.get(meta.get("phase"), "trained")
+        phase = f"{done} on {meta.get('dataset', '?')}"
         weights = {"best": "the best epoch's weights", "last": "the last epoch's weights"}.get(meta.get("weights_of"), "weights")
         return (f"model: {c.variant} ({'/'.join(c.vit_design)}), {phase}, {weights} (epoch {meta.get('epoch', '?')}, "
                 f"step {meta.get('step', '?')}), MLflow run {meta.get('mlflow_run_id') or 'none'}, from {self.checkpoint.path}")
