@@ -5,6 +5,8 @@
     model_config    ModelConfig as a dict: the architecture, enough to rebuild the model
     tokenizer_files the tokenizer's saved files by name, so inference needs nothing else
     phase, dataset, mlflow_run_id, epoch, step, val, train_config   where the weights come from
+    resize_mode     how its training images were made square (data.shard.resize_mode); inference
+                    prepares images the same way (absent in older files: naive)
 
 Files are written atomically and read with `torch.load(weights_only=True)`: everything in them is
 tensors or plain Python values, so loading one runs no code. The trainer writes them (`save_model`),
@@ -42,6 +44,10 @@ class ModelCheckpoint:
     weights: dict[str, torch.Tensor]
     tokenizer_files: dict[str, str]
     meta: dict[str, Any]  # phase, dataset, mlflow_run_id, epoch, step, val, train_config, weights_of (best | last)
+
+    @property
+    def resize_mode(self) -> str:
+        return self.meta.get("resize_mode", "naive")
 
     def build(self, dropout: float = 0.0, device: torch.device | str = "cpu") -> CoCa:
         """The model with these weights; a mismatch between weights and configuration is refused."""

@@ -97,12 +97,11 @@ def resolve_checkpoint(args: argparse.Namespace) -> str:
 
 def cmd_caption(args: argparse.Namespace) -> None:
     """Caption images with a trained checkpoint."""
-    from pipeline.evaluate.inference import (CheckpointError, caption_images, load_checkpoint, load_images,
-                                             pick_device)
+    from pipeline.evaluate.inference import CheckpointError, caption_images, load_checkpoint, pick_device
 
     try:
         loaded = load_checkpoint(resolve_checkpoint(args), device=pick_device(args.device))
-        images = load_images(args.images, loaded.model.cfg.image_size)
+        images = loaded.load_images(args.images)
     except CheckpointError as e:
         raise SystemExit(f"grr-coca caption: {e}") from None
     print(f"grr-coca caption: {loaded.describe()}", file=sys.stderr)  # stdout stays path<TAB>caption
@@ -114,7 +113,7 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
     """Rank the images of a folder by how well they match a text."""
     import torch
 
-    from pipeline.evaluate.inference import CheckpointError, load_checkpoint, load_images, pick_device, rank_images
+    from pipeline.evaluate.inference import CheckpointError, load_checkpoint, pick_device, rank_images
 
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
     try:
@@ -125,7 +124,7 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
     readable = []
     for path in paths:  # one unreadable image is skipped, not the whole ranking
         try:
-            readable.append((path, load_images([path], loaded.model.cfg.image_size)))
+            readable.append((path, loaded.load_images([path])))
         except CheckpointError as e:
             print(f"grr-coca retrieve: skipped {e}", file=sys.stderr)
     if not readable:

@@ -143,6 +143,9 @@ class TokenizerConfig:
 @dataclass
 class ShardConfig:
     image_size: int  # square side; bilinear resize, RGB (docs/paper.md §Image preprocessing)
+    # How a non-square image becomes the square (pipeline/data/preprocess.py): naive squashes it (the
+    # paper's), letterbox pads it with the mean colour first, crop keeps the centre (Prismatic's three)
+    resize_mode: Literal["naive", "letterbox", "crop"]
     samples_per_shard: int
     jpeg_quality: int
     workers: int  # processes decoding and resizing
@@ -153,6 +156,7 @@ class ShardConfig:
         check_ints(self, p, ("image_size", "samples_per_shard", "workers"))
         check_ints(self, p, ("jpeg_quality",), minimum=1, maximum=100)
         check_ints(self, p, ("seed",), minimum=0)
+        check_choice(self, p, "resize_mode", ("naive", "letterbox", "crop"))
 
 
 @dataclass

@@ -15,8 +15,9 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp
 
 from pipeline.checks import exit_on_user_error  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.data.loader import Manifest  # noqa: E402
 from pipeline.evaluate.evaluation import evaluate, read_validation_set  # noqa: E402
-from pipeline.evaluate.inference import load_checkpoint, pick_device  # noqa: E402
+from pipeline.evaluate.inference import CheckpointError, load_checkpoint, pick_device  # noqa: E402
 from pipeline.evaluate.samples import samples_markdown  # noqa: E402
 from pipeline.io import write_text  # noqa: E402
 from pipeline.tracking import attach, repo_root  # noqa: E402
@@ -36,6 +37,10 @@ def main() -> None:
     device = pick_device(cfg.train.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
     print(f"{args.name}: {loaded.describe()}", flush=True)
+    shards_mode = Manifest.load(args.val).resize_mode
+    if shards_mode != loaded.checkpoint.resize_mode:
+        raise CheckpointError(f"{args.checkpoint}: trained on images made square with resize mode "
+                              f"{loaded.checkpoint.resize_mode!r}, but {args.val} was made with {shards_mode!r}: reshard")
     val = read_validation_set(args.val, cfg.evaluate.max_images, loaded.checkpoint.config.vocab_size)
     metrics, shown = evaluate(loaded, val, cfg.evaluate.num_beams, cfg.evaluate.batch_size,
                               cfg.evaluate.samples_to_show)

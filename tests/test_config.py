@@ -51,6 +51,8 @@ def test_empty_sections_override_nothing_and_values_override_the_preset():
         ({"data": {"shard": {"image_size": 100}}},
          "key 'data.shard.image_size': value 100 is not allowed; allowed: the value of 'model.image_size' (64)"),
         ({"preset": "big"}, "key 'preset': value 'big' is not allowed; allowed: demo, paper, smoke"),
+        ({"pretrain": {"crop_scale": 0.8}}, "key 'pretrain.crop_scale': expected a list, got 0.8"),
+        ({"finetune": {"hflip": "yes"}}, "key 'finetune.hflip': value 'yes' is not a boolean (true or false)"),
         ({"model": {"context_length": 48}}, "key 'data.tokenizer.context_length': value 40 is not allowed"),
         ({"data": {"sources": "here"}}, "key 'data.sources': expected a mapping"),
     ],
@@ -113,6 +115,9 @@ BAD_VALUES = [
     ("evaluate.num_beams", 0, "an integer >= 1"),
     ("evaluate.max_images", -1, "an integer >= 0"),
     ("evaluate.batch_size", 0, "an integer >= 1"),
+    ("data.shard.resize_mode", "squash", "naive, letterbox, crop"),
+    ("finetune.crop_scale", [0.9, 0.5], "null or [low, high] with 0 < low <= high <= 1 (fractions of the image's area)"),
+    ("finetune.crop_scale", [0.0, 1.0], "null or [low, high] with 0 < low <= high <= 1 (fractions of the image's area)"),
 ]
 
 

@@ -16,6 +16,12 @@ counted, never fatal. Resume is exact: the position is the number of micro-batch
 per stream, the number of shuffled samples read; a restarted epoch replays each stream's shuffle
 without decoding and drops what was already read.
 
+Images travel as uint8 (decoded with torchvision in the loader's worker processes, where a corrupt
+sample can be replaced without changing the batch) and are normalised on the training device
+(`Batch.images`): a quarter of float32's bytes to copy, and the arithmetic on the GPU when there is one.
+Fine-tuning may augment them (pipeline/data/preprocess.py's Augment); each sample's draws are seeded
+by (seed, epoch, stream, position), so a resumed epoch replays them.
+
 Validation: every sample exactly once, in shard order, batches of `batch_size` cut within a shard;
 process r reads the shards i with i % world_size == r, so the batches do not depend on the number
 of processes or workers.
@@ -36,11 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.data.preprocess import normalize, to_uint8_tensor
+from pipeline.data.preprocess import Augment, decode_image, normalize
 
 
 class CorruptSample(ValueError):
@@ -49,17 +54,22 @@ class CorruptSample(ValueError):
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, 3, H, W) float32, ImageNet-normalised
+    pixels: torch.Tensor  # (B, 3, H, W) uint8, as stored in the shards (after any augmentation)
     text: torch.Tensor  # (B, L) int64: tokens[:, :-1] (last input token is CLS)
     targets: torch.Tensor  # (B, L) int64: tokens[:, 1:]
 
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"
-        return Batch(self.images.to(device, non_blocking=nb), self.text.to(device, non_blocking=nb),
+        return Batch(self.pixels.to(device, non_blocking=nb), self.text.to(device, non_blocking=nb),
                      self.targets.to(device, non_blocking=nb))
 
+    @property
+    def images(self) -> torch.Tensor:
+        """The model's input: float32, ImageNet-normalised, on the pixels' device."""
+        return normalize(self.pixels)
+
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.pixels.shape[0]
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class Manifest:
     samples: int
     image_size: int
     context_length: int
+    resize_mode: str  # how the shard stage made the squares (pipeline/data/preprocess.py)
 
     @classmethod
     def load(cls, shard_dir: str | Path) -> "Manifest":
@@ -82,7 +93,7 @@ class Manifest:
         if not shards:
             raise ValueError(f"{path}: the split has no samples")
         return cls(root, shards, sum(n for _, n in shards), int(data["image_size"]),
-                   int(data["context_length"]))
+                   int(data["context_length"]), data.get("resize_mode", "naive"))  # (older manifests: naive)
 
     def counts(self, files: list[str] | tuple[str, ...]) -> list[int]:
         """The samples each of these shard files holds."""
@@ -106,11 +117,9 @@ def decode_sample(sample: dict, image_size: int, context_length: int,
     """-> (image uint8 (3, S, S), tokens int64 (context_length + 1,)); CorruptSample if unusable,
     token ids outside [0, vocab_size) included (they would crash the embedding)."""
     try:
-        with Image.open(io.BytesIO(sample["jpg"])) as image:
-            image = image.convert("RGB")
-            if image.size != (image_size, image_size):
-                raise CorruptSample(f"image is {image.size}, expected {image_size}x{image_size}")
-            pixels = to_uint8_tensor(image)
+        pixels = decode_image(sample["jpg"])
+        if pixels.shape[1:] != (image_size, image_size):
+            raise CorruptSample(f"image is {pixels.shape[2]}x{pixels.shape[1]}, expected {image_size}x{image_size}")
         tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
     except CorruptSample:
         raise
@@ -190,6 +199,11 @@ def plan_epoch(manifest: Manifest, seed: int, epoch: int, streams: int) -> list[
     return [StreamPlan(files, streams, s, len(range(s, total, streams))) for s in range(streams)]
 
 
+def augment_seed(seed: int, epoch: int, stream: int, position: int) -> int:
+    """The seed of one training sample's augmentation: a function of where it is in the epoch."""
+    return random.Random(f"augment:{seed}:{epoch}:{stream}:{position}").getrandbits(63)
+
+
 class _TrainChunks(IterableDataset):
     """Yields, for micro-batches k = start..end-1 and each stream of this worker, a chunk of samples."""
 
@@ -248,6 +262,8 @@ class _TrainChunks(IterableDataset):
                         if failures > max(1000, plans[s].length):
                             raise RuntimeError(f"{lo.manifest.root}: stream {s}: no decodable sample") from None
                         continue
+                    if lo.augment.active:
+                        image = lo.augment(image, augment_seed(lo.seed, self.epoch, s, pos[s]))
                     images.append(image)
                     tokens.append(tok)
                 yield {"k": k, "s": s, "images": torch.stack(images), "tokens": torch.stack(tokens),
@@ -260,7 +276,7 @@ class TrainLoader:
     def __init__(self, shard_dir: str | Path, *, micro_batch_size: int, grad_accum_steps: int,
                  rank: int = 0, world_size: int = 1, streams: int = 0, num_workers: int = 0,
                  shuffle_buffer: int = 1000, seed: int = 0, max_steps_per_epoch: int = 0,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, augment: Augment = Augment()):
         self.manifest = Manifest.load(shard_dir)
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
@@ -283,15 +299,16 @@ class TrainLoader:
         self.positions: dict[int, int] = {}
         self.corrupt: dict[int, int] = {}
         self.vocab_size = vocab_size  # token ids at or above it are corrupt samples (None: not checked)
+        self.augment = augment
 
     @classmethod
     def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
-                    world_size: int = 1) -> "TrainLoader":
+                    world_size: int = 1, augment: Augment = Augment()) -> "TrainLoader":
         """The loader of a training run (`tcfg` is the `train:` section, `model_cfg` the model's)."""
         loader = cls(shard_dir, micro_batch_size=tcfg.micro_batch_size, grad_accum_steps=tcfg.grad_accum_steps,
                      rank=rank, world_size=world_size, streams=tcfg.data_streams, num_workers=tcfg.num_workers,
                      shuffle_buffer=tcfg.shuffle_buffer, seed=tcfg.seed, max_steps_per_epoch=tcfg.max_steps_per_epoch,
-                     vocab_size=model_cfg.vocab_size)
+                     vocab_size=model_cfg.vocab_size, augment=augment)
         loader.manifest.check_fits(model_cfg)
         return loader
 
@@ -350,7 +367,7 @@ class TrainLoader:
                     self.positions[c["s"]], self.corrupt[c["s"]] = c["pos"], c["corrupt"]
                 self.micro += 1
                 seq = torch.cat([c["tokens"] for c in chunks])
-                yield Batch(normalize(torch.cat([c["images"] for c in chunks])),
+                yield Batch(torch.cat([c["images"] for c in chunks]),
                             seq[:, :-1].contiguous(), seq[:, 1:].contiguous())
 
 
@@ -413,4 +430,4 @@ class ValLoader:
             self.corrupt += item["corrupt"]
             if item["images"] is not None:
                 seq = item["tokens"]
-                yield Batch(normalize(item["images"]), seq[:, :-1].contiguous(), seq[:, 1:].contiguous())
+                yield Batch(item["images"], seq[:, :-1].contiguous(), seq[:, 1:].contiguous())

@@ -2,7 +2,7 @@
 
 Each (image, caption) pair of a split becomes one sample:
 
-    <key>.jpg         the image, RGB, resized to image_size x image_size (bilinear), JPEG
+    <key>.jpg         the image, RGB, made image_size x image_size by pipeline/data/preprocess.py, JPEG
     <key>.tokens.npy  int32 token ids, context_length + 1 of them (see pipeline.data.tokenizer)
     <key>.txt         the raw caption
     <key>.json        where it came from: dataset, split, image_id, caption_index, url, source tar/key
@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from pipeline.data.preprocess import prepare_image
+from pipeline.data.preprocess import decode_image, encode_jpeg, prepare_image
 from pipeline.io import atomic_write, write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -48,22 +47,10 @@ class ShardJob:
     number: int  # this tar's place among the split's tars; names its shards
     out_dir: Path
     image_size: int
+    resize_mode: str
     jpeg_quality: int
     samples_per_shard: int
     seed: int
-
-
-def resize_image(data: bytes, image_size: int) -> Image.Image:
-    """Decode fully (truncated files raise here, not later) and resize to a square, bilinear, RGB."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return prepare_image(image, image_size)
-
-
-def encode_jpeg(image: Image.Image, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def read_tar_images(tar_path: str, keys: set[str]) -> tuple[dict[str, bytes], str]:
@@ -98,7 +85,8 @@ def process_tar(job: ShardJob) -> tuple[list[dict], Counter]:
                 skipped[missing_reason] += 1
                 continue
             try:
-                resized[key] = encode_jpeg(resize_image(raw[key], job.image_size), job.jpeg_quality)
+                pixels = prepare_image(decode_image(raw[key]), job.image_size, job.resize_mode)
+                resized[key] = encode_jpeg(pixels, job.jpeg_quality)
             except Exception as e:  # noqa: BLE001 - any decoder failure means: skip and count
                 resized[key] = None
                 skipped[f"undecodable image: {type(e).__name__}"] += 1
@@ -158,7 +146,7 @@ def shard_split(
     cfg: Any,
 ) -> dict:
     """Write the shards of one split under out_dir and return its manifest. `cfg` is the `data.shard`
-    section (image_size, samples_per_shard, jpeg_quality, workers, seed)."""
+    section (image_size, resize_mode, samples_per_shard, jpeg_quality, workers, seed)."""
     if len(pairs) != len(tokens):
         raise ValueError(f"{dataset}/{split}: {len(pairs)} pairs but {len(tokens)} token rows")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +167,7 @@ def shard_split(
                 number=number,
                 out_dir=out_dir,
                 image_size=cfg.image_size,
+                resize_mode=cfg.resize_mode,
                 jpeg_quality=cfg.jpeg_quality,
                 samples_per_shard=cfg.samples_per_shard,
                 seed=cfg.seed,
@@ -202,6 +191,7 @@ def shard_split(
         "skipped": dict(sorted(skipped.items())),
         "skipped_total": sum(skipped.values()),
         "image_size": cfg.image_size,
+        "resize_mode": cfg.resize_mode,
         "context_length": int(tokens.shape[1] - 1),
         "shards": shards,
     }

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from pipeline.checkpoint import CheckpointError, ModelCheckpoint, load_model
-from pipeline.data.preprocess import normalize, prepare_image, to_uint8_tensor
+from pipeline.data.preprocess import decode_image, normalize, prepare_image
 from pipeline.data.tokenizer import decode_tokens, encode_captions, layout_of
 from pipeline.model.coca import CoCa
 from pipeline.model.generate import generate
@@ -32,6 +31,10 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def load_images(self, paths: list[str | Path]) -> torch.Tensor:
+        """Images prepared as this model's training images were (its size and resize mode)."""
+        return load_images(paths, self.model.cfg.image_size, self.checkpoint.resize_mode)
 
     def describe(self) -> str:
         """Which model this is, for every command that uses one to say: its ViT design, phase and data,
@@ -79,14 +82,14 @@ def load_checkpoint(path: str | Path, tokenizer_dir: str | Path | None = None,
     return LoadedModel(model, tokenizer, ckpt)
 
 
-def load_images(paths: list[str | Path], image_size: int) -> torch.Tensor:
-    """Images as the shard stage and loader prepare them (pipeline/data/preprocess.py), normalised."""
+def load_images(paths: list[str | Path], image_size: int, resize_mode: str = "naive") -> torch.Tensor:
+    """Images as the shard stage and loader prepare them (pipeline/data/preprocess.py), normalised;
+    pass the checkpoint's `resize_mode` (LoadedModel.load_images does)."""
     pixels = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                pixels.append(to_uint8_tensor(prepare_image(image, image_size)))
-        except (OSError, ValueError) as e:
+            pixels.append(prepare_image(decode_image(Path(path).read_bytes()), image_size, resize_mode))
+        except (OSError, ValueError, RuntimeError) as e:  # unreadable file, or not a decodable image
             raise CheckpointError(f"{path}: cannot read as an image: {e}") from None
     return normalize(torch.stack(pixels))
 

@@ -33,6 +33,11 @@ class PhaseConfig:
     lr_levels: int
     lr_divisor: float
     min_delta: float  # an improvement must lower the loss by more than this (ours)
+    # Training augmentation (ours; the paper states none, so its preset has none): a random resized
+    # crop with this area range, e.g. [0.8, 1.0] (null: none), and a random horizontal flip, off by
+    # default because captions say "left" and "right". pipeline/data/preprocess.py's Augment.
+    crop_scale: list[float] | None
+    hflip: bool
 
     section = "phase"  # its key in params.yaml (a class attribute, not a setting)
 
@@ -49,6 +54,12 @@ class PhaseConfig:
         check_number(self, p, "dropout", at_least=0, below=1)
         check_bool(self, p, "early_stopping")
         check_number(self, p, "lr_divisor", above=1)
+        check_bool(self, p, "hflip")
+        scale = self.crop_scale
+        if scale is not None and (not isinstance(scale, list) or len(scale) != 2
+                                  or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scale)
+                                  or not 0 < scale[0] <= scale[1] <= 1):
+            fail(f"{p}.crop_scale", scale, "null or [low, high] with 0 < low <= high <= 1 (fractions of the image's area)")
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 
 from pipeline.checkpoint import load_init, save_model
 from pipeline.data.loader import TrainLoader, ValLoader
+from pipeline.data.preprocess import Augment
 from pipeline.model.coca import CoCa
 from pipeline.model.losses import CoCaLoss
 from pipeline.progress import Pace
@@ -58,8 +59,13 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, tcfg, self.phase.lr_max, d.device)
         self.schedule = build_schedule(self.phase)
         self.stopper = es.build_early_stopping(self.phase)
-        self.loader = TrainLoader.from_config(spec.train_shards, tcfg, cfg.model, rank=d.rank, world_size=d.world_size)
+        augment = Augment(tuple(self.phase.crop_scale) if self.phase.crop_scale else None, self.phase.hflip)
+        self.loader = TrainLoader.from_config(spec.train_shards, tcfg, cfg.model, rank=d.rank, world_size=d.world_size,
+                                              augment=augment)
         self.val_loader = ValLoader.from_config(spec.val_shards, tcfg, cfg.model, rank=d.rank, world_size=d.world_size)
+        if self.loader.manifest.resize_mode != self.val_loader.manifest.resize_mode:
+            raise ValueError(f"{spec.train_shards} and {spec.val_shards} were made with different resize modes "
+                             f"({self.loader.manifest.resize_mode}, {self.val_loader.manifest.resize_mode}): reshard")
         self.state = TrainState()
         sections = {name: cfg.to_dict()[name] for name in ("model", "train", spec.phase)}  # dvc.yaml's params
         inputs = [spec.train_shards / "manifest.json", spec.val_shards / "manifest.json", *filter(None, [spec.init])]
@@ -234,7 +240,8 @@ class Trainer:
                                            "step")} | {"epochs_run": st.epoch, "steps_run": st.step}
         if d.is_main:
             meta = {"phase": spec.phase, "dataset": spec.dataset, "mlflow_run_id": st.run_id,
-                    "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer}
+                    "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer,
+                    "resize_mode": self.loader.manifest.resize_mode}  # inference prepares images the same way
             best = self.ckpt.load_best("cpu")
             save_model(spec.out_dir / "best.pt", best["model"], self.cfg.model, **meta, epoch=best["epoch"],
                        step=best["step"], val=best["val"], weights_of="best")

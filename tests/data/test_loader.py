@@ -154,3 +154,28 @@ def test_token_ids_outside_the_vocabulary_are_corrupt(tmp_path):
     assert sum(len(b) for b in ValLoader(tmp_path / "v", batch_size=8)) == 8  # without a vocabulary: unchecked
     val = ValLoader(tmp_path / "v", batch_size=8, vocab_size=256)
     assert sum(len(b) for b in val) == 7 and val.corrupt == 1
+
+
+def test_augmentation_is_seeded_by_position_and_replayed_on_resume(split):
+    from pipeline.data.preprocess import Augment
+    augment = Augment(crop_scale=(0.5, 1.0), hflip=True)
+    plain = epoch_batches(loader(split), 1)
+    augmented = epoch_batches(loader(split, augment=augment), 1)
+    assert same(augmented, epoch_batches(loader(split, augment=augment, num_workers=2), 1))  # reproducible
+    assert all(torch.equal(a.text, p.text) for a, p in zip(augmented, plain))  # the same samples, in order
+    assert sum(not torch.equal(a.pixels, p.pixels) for a, p in zip(augmented, plain)) == len(plain)  # changed
+    lo = loader(split, augment=augment)
+    it = lo.iter_epoch(1)
+    first = [next(it) for _ in range(3)]
+    it.close()
+    resumed = loader(split, augment=augment)
+    resumed.load_state_dict(lo.state_dict())
+    assert same(augmented, first + list(resumed.iter_epoch(1)))
+
+
+def test_batches_carry_uint8_pixels_and_normalise_where_they_are():
+    from pipeline.data.loader import Batch
+    from pipeline.data.preprocess import normalize
+    pixels = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    batch = Batch(pixels, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)).to(torch.device("cpu"))
+    assert batch.pixels.dtype == torch.uint8 and torch.equal(batch.images, normalize(pixels))

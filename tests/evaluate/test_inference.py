@@ -163,3 +163,22 @@ def test_the_caption_samples_table_reads_back_as_written():
              {"image_id": "8", "generated": "c", "references": ["d"]}]
     assert read_samples_markdown(samples_markdown("t", shown)) == {
         s["image_id"]: {"generated": s["generated"], "references": s["references"]} for s in shown}
+
+
+def test_inference_prepares_images_with_the_checkpoints_resize_mode(checkpoint, tmp_path):
+    root, path, _, cfg, _ = checkpoint
+    wide = tmp_path / "wide.png"  # red | green | blue stripes, three times wider than high
+    pixels = np.zeros((30, 90, 3), dtype=np.uint8)
+    pixels[:, :30, 0], pixels[:, 30:60, 1], pixels[:, 60:, 2] = 255, 255, 255
+    Image.fromarray(pixels).save(wide)
+    assert load_checkpoint(path).checkpoint.resize_mode == "naive"  # a checkpoint that does not say: the paper's
+    payload = torch.load(path, weights_only=True)
+    cropped = tmp_path / "crop.pt"
+    torch.save({**payload, "resize_mode": "crop"}, cropped)
+    naive, crop = load_checkpoint(path).load_images([wide]), load_checkpoint(cropped).load_images([wide])
+    assert naive.shape == crop.shape == (1, 3, cfg.image_size, cfg.image_size)
+    third = cfg.image_size // 3
+    red = naive[0, 0] > 0  # normalised: red channel above the mean where the red stripe is
+    assert red[:, : third - 1].all() and not red[:, third + 2 :].any()  # naive keeps the red third on the left
+    assert not (crop[0, 0, :, 2:-2] > 0).any()  # crop keeps only the green centre
+    assert (crop[0, 1, :, 2:-2] > 0).all()
