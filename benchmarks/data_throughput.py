@@ -1,4 +1,5 @@
-"""Data-stage throughput on this machine: captions tokenized per second and images sharded per second.
+"""Data throughput on this machine: captions tokenized, images sharded, and training images loaded
+per second, the loader beside raw decoding of the same shard files.
 
     python benchmarks/data_throughput.py [--captions 50000] [--images 2000] [--image-size 288]
 
@@ -6,6 +7,12 @@ Tokenization uses the demo's trained Unigram tokenizer (T5-base itself cannot be
 both are `tokenizers` Unigram models behind the same fast-tokenizer API). Sharding decodes JPEGs of
 varied sizes from an img2dataset-style tar, resizes them to a square (bilinear), re-encodes them and
 writes shards, as the shard stage does, with 1 and with 2 worker processes.
+
+Loading reads those shards back: "raw decode" is the floor of any loader (read each tar, decode each
+JPEG with the same torchvision decoder, nothing else); "TrainLoader" is the training loader (tar
+reading through webdataset, shuffle buffer, token checks, batching), in the same process and with 2
+DataLoader workers, against raw decoding in the same process and in 2 processes. Rounds alternate
+between the two so that both see the same machine load; the best of 3 rounds is reported.
 """
 
 import argparse
@@ -22,6 +29,8 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pipeline.config import build_config
+from pipeline.data.loader import TrainLoader
+from pipeline.data.preprocess import decode_image
 from pipeline.data.shard import shard_split
 from pipeline.data.tokenizer import build_tokenizer, encode_captions
 
@@ -81,6 +90,54 @@ def bench_shard(n: int, image_size: int, workers: int, root: Path) -> float:
     return len(pairs) / (time.perf_counter() - start)
 
 
+def decode_tar(path: Path) -> int:
+    """Raw decoding: every JPEG of one shard file, nothing else."""
+    count = 0
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.name.endswith(".jpg"):
+                decode_image(tar.extractfile(member).read())
+                count += 1
+    return count
+
+
+def bench_raw_decode(shards: list[Path], processes: int) -> float:
+    start = time.perf_counter()
+    if processes == 1:
+        count = sum(decode_tar(p) for p in shards)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(processes) as pool:
+            count = sum(pool.map(decode_tar, shards))
+    return count / (time.perf_counter() - start)
+
+
+def bench_loader(shard_dir: Path, workers: int, batch: int = 32) -> float:
+    loader = TrainLoader(shard_dir, micro_batch_size=batch, grad_accum_steps=1, streams=max(1, workers),
+                         num_workers=workers, shuffle_buffer=1000, seed=0)
+    start, count = time.perf_counter(), 0
+    for b in loader.iter_epoch(0):
+        count += len(b)
+    return count / (time.perf_counter() - start)
+
+
+def bench_loading(shard_dir: Path, rounds: int = 3) -> list[tuple[str, str, float]]:
+    shards = sorted(shard_dir.glob("shard-*.tar"))
+    pairs = [("raw decode", 1, lambda: bench_raw_decode(shards, 1)), ("TrainLoader", 1, lambda: bench_loader(shard_dir, 0)),
+             ("raw decode", 2, lambda: bench_raw_decode(shards, 2)), ("TrainLoader", 2, lambda: bench_loader(shard_dir, 2))]
+    best = {(name, n): 0.0 for name, n, _ in pairs}
+    for _ in range(rounds):
+        for name, n, run in pairs:
+            best[(name, n)] = max(best[(name, n)], run())
+    rows = []
+    for n in (1, 2):
+        raw, loaded = best[("raw decode", n)], best[("TrainLoader", n)]
+        rows.append(("images decoded / s", f"raw decode, {n} process(es)", raw))
+        rows.append(("images loaded / s", f"TrainLoader, {n} process(es)", loaded))
+        rows.append(("loader / raw decode", f"{n} process(es)", loaded / raw))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captions", type=int, default=50000)
@@ -94,9 +151,10 @@ def main() -> None:
         for workers in (1, 2):
             rate = bench_shard(args.images, args.image_size, workers, Path(tmp))
             rows.append(("images sharded / s", f"{args.image_size}px, {workers} worker(s)", rate))
-    print(f"{'measure':<26}{'setting':<26}{'rate':>12}")
+        rows += bench_loading(Path(tmp) / "out2")
+    print(f"{'measure':<26}{'setting':<30}{'rate':>12}")
     for name, setting, rate in rows:
-        print(f"{name:<26}{setting:<26}{rate:>12,.0f}")
+        print(f"{name:<26}{setting:<30}{rate:>12,.2f}" if rate < 10 else f"{name:<26}{setting:<30}{rate:>12,.0f}")
 
 
 if __name__ == "__main__":

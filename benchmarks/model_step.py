@@ -15,6 +15,10 @@ open_clip is NOT a project dependency; this script runs in its own virtualenv:
     .venv-bench/bin/pip install -r benchmarks/requirements-bench.txt
     .venv-bench/bin/python benchmarks/model_step.py                 # demo and paper sizes
     .venv-bench/bin/python benchmarks/model_step.py --sizes demo --steps 10
+    .venv-bench/bin/python benchmarks/model_step.py --sizes demo256 --batch 32 --compile  # + torch.compile
+
+Sizes: the presets' models (demo, paper, smoke) and demo256, the demo preset widened to 256 with 4
+blocks in each of the ViT and the two text decoders (4 heads of 64), 64 px images.
 
 (open_clip imports torchvision, whose PyPI wheels need PyPI's CUDA build of torch: that is what the
 bench venv installs; it runs on a CPU-only machine.)
@@ -87,16 +91,20 @@ def flops_per_sample(step, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def make_steps(cfg: ModelConfig, batch: int):
-    """Step closures sharing one batch: ours (Baseline and GRR) fp32, open_clip fp32, ours bf16 autocast."""
+def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False):
+    """Step closures sharing one batch: ours (Baseline and GRR) fp32, open_clip fp32, ours bf16 autocast;
+    with `compiled`, ours (Baseline and GRR) fp32 under torch.compile (inductor) as well."""
     torch.manual_seed(0)
     images = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
     seq = captions(cfg, batch)
     ours_loss = CoCaLoss(2.0, 1.0, cfg.tokens)
 
-    def our_step(model_cfg: ModelConfig):
+    def our_step(model_cfg: ModelConfig, compile_model: bool = False):
+        torch.manual_seed(0)
         model = CoCa(model_cfg)
         opt = torch.optim.AdamW(model.optimizer_param_groups(0.001), lr=1e-5, fused=True)
+        if compile_model:
+            model.compile()  # in place, as train.compile does (pipeline/train/parallelize.py)
 
         def step(bf16: bool = False) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -123,8 +131,17 @@ def make_steps(cfg: ModelConfig, batch: int):
         theirs_opt.step()
 
     counts = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
-    return {"ours fp32": lambda: ours_step(False), "open_clip fp32": theirs_step,
-            "ours grr fp32": lambda: grr_step(False), "ours bf16": lambda: ours_step(True)}, counts
+    steps = {"ours fp32": lambda: ours_step(False), "open_clip fp32": theirs_step,
+             "ours grr fp32": lambda: grr_step(False), "ours bf16": lambda: ours_step(True)}
+    if compiled:
+        _, compiled_step = our_step(cfg, compile_model=True)
+        _, compiled_grr_step = our_step(cfg.replace(encoder="grr"), compile_model=True)
+        for name, step in (("ours compiled", compiled_step), ("ours grr compiled", compiled_grr_step)):
+            start = time.perf_counter()
+            step(False)  # compiles (forward and backward graphs)
+            print(f"  {name}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
+            steps[name] = lambda step=step: step(False)
+    return steps, counts
 
 
 def timed(step) -> tuple[float, float]:
@@ -134,14 +151,24 @@ def timed(step) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench(size: str, batch: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
-    cfg = model_preset(size, encoder="baseline")  # CoCa(cfg) has dropout 0 unless a phase sets it
-    runs, (n_ours, n_theirs) = make_steps(cfg, batch)
+def bench_config(size: str) -> ModelConfig:
+    if size == "demo256":  # the demo preset's model widened and deepened (issue 11's demo-ish size)
+        return model_preset("demo", encoder="baseline", dim=256, heads=4, vit_layers=4, unimodal_layers=4,
+                            multimodal_layers=4)
+    return model_preset(size, encoder="baseline")  # CoCa(cfg) has dropout 0 unless a phase sets it
+
+
+def bench(size: str, batch: int, steps: int, warmup: int, compiled: bool) -> dict[str, dict[str, float]]:
+    cfg = bench_config(size)
+    runs, (n_ours, n_theirs) = make_steps(cfg, batch, compiled)
     print(f"\n[{size}] dim {cfg.dim}, layers {cfg.vit_layers}/{cfg.unimodal_layers}/"
           f"{cfg.multimodal_layers}, heads {cfg.heads}, image {cfg.image_size}/{cfg.patch_size}, "
           f"context {cfg.context_length}, vocab {cfg.vocab_size}, batch {batch}; "
           f"params ours {n_ours:,}, open_clip {n_theirs:,}", flush=True)
     flops = {name: flops_per_sample(step, batch) for name, step in runs.items() if "fp32" in name}
+    for name in runs:  # a compiled step does the same matmuls as its eager twin (counted there)
+        if "compiled" in name:
+            flops[name] = flops[name.replace("compiled", "fp32")]
     print("  forward+backward GFLOP per sample (FlopCounterMode): "
           + ", ".join(f"{n} {f / 1e9:.1f}" for n, f in flops.items()), flush=True)
     walls: dict[str, list[float]] = {name: [] for name in runs}
@@ -164,7 +191,8 @@ def bench(size: str, batch: int, steps: int, warmup: int) -> dict[str, dict[str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["demo", "paper"], choices=["demo", "paper", "smoke"])
+    parser.add_argument("--sizes", nargs="+", default=["demo", "paper"], choices=["demo", "demo256", "paper", "smoke"])
+    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile (inductor)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=1)
@@ -175,23 +203,28 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.backends.cpu.get_cpu_capability()}")
     ceiling = matmul_ceiling(args.threads)
     print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s (best of 5 4096x4096 torch.mm, {args.threads} thread(s))")
-    results = {size: bench(size, args.batch, args.steps, args.warmup) for size in args.sizes}
+    results = {size: bench(size, args.batch, args.steps, args.warmup, args.compile) for size in args.sizes}
     ceiling_after = matmul_ceiling(args.threads)
     print(f"\nfp32 matmul ceiling before / after the steps: {ceiling:.1f} / {ceiling_after:.1f} GFLOP/s; "
           "utilisation = counted FLOPs per sample x samples/s / the higher ceiling")
     ceiling = max(ceiling, ceiling_after)
     print(f"samples/s, batch {args.batch}, {args.threads} thread(s): median and best wall-clock step;"
           f" 'cpu' = samples per CPU-second of the process (best step)")
-    names = ("ours fp32", "ours grr fp32", "open_clip fp32", "ours bf16")
-    print(f"{'size':<7}{'stat':<8}" + "".join(f"{n:>16}" for n in names)
-          + f"{'ours/oc':>9}{'grr/ours':>10}" + "".join(f"{'util ' + n.split(' fp32')[0]:>16}" for n in names[:3]))
+    names = ["ours fp32", "ours grr fp32", "open_clip fp32", "ours bf16"]
+    names += ["ours compiled", "ours grr compiled"] if args.compile else []
+    timed_fp32 = [n for n in names if n != "ours bf16"]
+    ratios = [("ours/oc", "ours fp32", "open_clip fp32"), ("grr/ours", "ours grr fp32", "ours fp32")]
+    if args.compile:
+        ratios += [("comp/oc", "ours compiled", "open_clip fp32"), ("grrc/oc", "ours grr compiled", "open_clip fp32"),
+                   ("grrc/comp", "ours grr compiled", "ours compiled")]
+    print(f"{'size':<8}{'stat':<8}" + "".join(f"{n:>18}" for n in names) + "".join(f"{r[0]:>10}" for r in ratios)
+          + "".join(f"{'util ' + n.replace(' fp32', ''):>22}" for n in timed_fp32))
     for size, r in results.items():
         for stat in ("median", "best", "cpu"):
             v = {n: r[n][stat] for n in names}
-            util = [r[n]["flops"] * v[n] / 1e9 / ceiling for n in names[:3]]
-            print(f"{size:<7}{stat:<8}" + "".join(f"{v[n]:>16.3f}" for n in names)
-                  + f"{v['ours fp32'] / v['open_clip fp32']:>9.2f}{v['ours grr fp32'] / v['ours fp32']:>10.2f}"
-                  + "".join(f"{u:>16.2f}" for u in util))
+            util = [r[n]["flops"] * v[n] / 1e9 / ceiling for n in timed_fp32]
+            print(f"{size:<8}{stat:<8}" + "".join(f"{v[n]:>18.3f}" for n in names)
+                  + "".join(f"{v[a] / v[b]:>10.2f}" for _, a, b in ratios) + "".join(f"{u:>22.2f}" for u in util))
 
 
 if __name__ == "__main__":

@@ -299,7 +299,8 @@ class CoCa(nn.Module):
         keep = text != self.cfg.pad_id
         rope = rope_1d((keep.cumsum(dim=1) - 1).clamp(min=0), self.cfg.head_dim, self.cfg.rope_base)
         rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))  # (B, 1, L, head_dim): shared by all heads
-        if bool(keep.all()):
+        # (Under torch.compile the mask is always built: a data-dependent branch would break the graph.)
+        if not torch.compiler.is_compiling() and bool(keep.all()):
             return rope, None, True
         L = text.shape[1]
         causal = torch.ones(L, L, dtype=torch.bool, device=text.device).tril()

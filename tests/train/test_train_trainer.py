@@ -232,3 +232,18 @@ def test_the_seed_alone_decides_the_weights(tmp_path, data, pretrained, mlflow_e
     assert first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_train_compile_runs_on_the_cpu_and_matches_eager(tmp_path, data, mlflow_env):
+    """train.compile: torch.compile (inductor, C++ on the CPU) around the same model. The checkpoint
+    keeps the plain parameter names, and a pre-training epoch ends where eager's does (the compiled
+    kernels fuse and reorder float work: equal within a tolerance, not bit for bit)."""
+    one_epoch = {"epochs": 1}
+    train(build_cfg(pretrain=one_epoch), pretrain_spec(data, tmp_path / "eager"))
+    final = train(build_cfg(compile=True, pretrain=one_epoch), pretrain_spec(data, tmp_path / "compiled"))
+    eager = torch.load(tmp_path / "eager/out/final.pt", weights_only=True)["model"]
+    compiled = torch.load(tmp_path / "compiled/out/final.pt", weights_only=True)["model"]
+    assert compiled.keys() == eager.keys()  # no "_orig_mod." prefixes
+    moved = max((compiled[k] - eager[k]).abs().max().item() for k in eager)
+    assert moved < 1e-3, f"compiled and eager weights differ by up to {moved}"
+    assert math.isfinite(final["coca_loss"])
