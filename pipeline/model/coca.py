@@ -11,8 +11,9 @@ The two variants differ only in the ViT (``ModelConfig.encoder``, the paper's tw
     baseline: pre-norm LayerNorm, GELU MLP (mlp_ratio), fixed 2-D sin-cos positions added once;
     grr:      pre-norm RMSNorm, GEGLU (geglu_ratio), 2-D RoPE on queries and keys in every layer.
 Each of the three choices is also a switch of its own (``model.vit.norm/ffn/pos``; ``learned``
-positions as a third option), for ablations.
-Both text decoders use RMSNorm, GEGLU and 1-D RoPE in both variants.
+positions and CogVLM's ``swiglu`` feed-forward as further options), for ablations.
+Both text decoders use RMSNorm, GEGLU and 1-D RoPE in both variants (``model.text.ffn`` swaps the
+GEGLU for SwiGLU or a GELU MLP, for ablations).
 
 Layout (open_clip's CoCa layout, docs/paper.md §Parameter accounting): poolers have learned queries,
 LayerNorms on queries and keys and biased attention; each multimodal layer is a self-attention block
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, init_trunc_normal_, patch_grid,
+from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, SwiGLU, init_trunc_normal_, patch_grid,
                      rope_1d, rope_2d, sincos_2d_positions)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -78,8 +79,18 @@ class CrossAttentionBlock(nn.Module):
         return x + self.ff(self.norm_ff(x))
 
 
-def text_feed_forward(cfg: ModelConfig, dropout: float) -> GEGLU:
-    return GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=cfg.text_geglu_bias)
+def feed_forward(kind: str, cfg: ModelConfig, dropout: float, bias: bool) -> nn.Module:
+    """One feed-forward of `kind` (gelu | geglu | swiglu): a GELU MLP of width mlp_hidden, or a gated
+    one (GEGLU, SwiGLU) of width geglu_hidden: the one hidden-width rule for ViT and text alike."""
+    if kind == "gelu":
+        return GeluMLP(cfg.dim, cfg.mlp_hidden, dropout, bias=bias)
+    gated = {"geglu": GEGLU, "swiglu": SwiGLU}[kind]
+    return gated(cfg.dim, cfg.geglu_hidden, dropout, bias=bias)
+
+
+def text_feed_forward(cfg: ModelConfig, dropout: float) -> nn.Module:
+    """The text decoders' feed-forward (`model.text.ffn`; without biases, unlike the ViT's)."""
+    return feed_forward(cfg.text.ffn, cfg, dropout, bias=cfg.text_geglu_bias)
 
 
 # ------------------------------------------------------------------------------ image encoder
@@ -105,15 +116,9 @@ class VisionTransformer(nn.Module):
             self.register_buffer("rope_cos", rope_cos, persistent=False)
             self.register_buffer("rope_sin", rope_sin, persistent=False)
         norm = nn.LayerNorm if norm_kind == "layernorm" else RMSNorm
-        if ffn_kind == "gelu":
-            def ff() -> nn.Module:
-                return GeluMLP(cfg.dim, cfg.mlp_hidden, dropout)
-        else:
-            def ff() -> nn.Module:
-                return GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=True)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.dim, cfg.heads, norm, ff(), dropout)
+            TransformerBlock(cfg.dim, cfg.heads, norm, feed_forward(ffn_kind, cfg, dropout, bias=True), dropout)
             for _ in range(cfg.vit_layers))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
