@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import FREEZABLE_PARTS, ModelConfig
 from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, SwiGLU, init_trunc_normal_, patch_grid,
                      rope_1d, rope_2d, sincos_2d_positions)
 
@@ -351,6 +351,17 @@ class CoCa(nn.Module):
         with clamp the temperature, once capped, could never move again."""
         scale = self.logit_scale
         return torch.where(scale > LOGIT_SCALE_MAX, scale.new_tensor(LOGIT_SCALE_MAX), scale)
+
+    # ------------------------------------------------------------------ parts
+    def part_parameters(self, part: str) -> list[nn.Parameter]:
+        """The parameters of one named part (config.FREEZABLE_PARTS): what `finetune.freeze` names."""
+        modules = {"vit": [self.visual], "poolers": [self.generative_pooler, self.contrastive_pooler],
+                   "unimodal": [self.unimodal], "multimodal": [self.multimodal]}
+        if part == "temperature":
+            return [self.logit_scale]
+        if part not in modules:
+            raise ValueError(f"unknown model part {part!r}; the parts are {', '.join(FREEZABLE_PARTS)}")
+        return [p for module in modules[part] for p in module.parameters()]
 
     # ------------------------------------------------------------------ optimiser
     def optimizer_param_groups(self, weight_decay: float) -> list[dict]:

@@ -24,6 +24,10 @@ VIT_NORMS = ("layernorm", "rmsnorm")
 VIT_FFNS = ("gelu", "geglu", "swiglu")  # swiglu: CogVLM's (not in the paper's bundles)
 VIT_POSITIONS = ("sincos", "learned", "rope2d")
 BUNDLES = {"baseline": ("layernorm", "gelu", "sincos"), "grr": ("rmsnorm", "geglu", "rope2d")}
+# The named parts of a CoCa model that a fine-tune may freeze (`finetune.freeze`; CoCa.part_parameters):
+# the ViT, the two attentional poolers, the unimodal text decoder (token embedding included), the
+# multimodal text decoder (vocabulary head included), the contrastive temperature (and bias).
+FREEZABLE_PARTS = ("vit", "poolers", "unimodal", "multimodal", "temperature")
 # The text decoders' feed-forward (both variants of the paper use GEGLU; the others for ablations).
 TEXT_FFNS = ("geglu", "swiglu", "gelu")
 

@@ -25,7 +25,7 @@ from pipeline.progress import Pace
 from pipeline.tracking import NullTracker, repo_root, run_description, start_run
 
 from . import early_stopping as es
-from .optim import build_optimizer, set_lr
+from .optim import build_optimizer, freeze_parts, set_lr
 from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, barrier, broadcast_object,
                           effective_precision, init_distributed, no_sync, parallelize)
 from .resume import Checkpointer, NonFiniteLoss, RNGState, fingerprint, seed_everything
@@ -52,6 +52,7 @@ class Trainer:
         seed_everything(tcfg.seed)  # the same initial weights on every process
         self.model = CoCa(cfg.model, dropout=self.phase.dropout).to(d.device)
         self.init_meta = load_init(spec.init, self.model) if spec.init else {}
+        self.trainable = freeze_parts(self.model, self.phase.frozen_parts)
         self.ddp_model = parallelize(self.model, tcfg, d)
         self.loss_fn = CoCaLoss(self.phase.lambda_con, self.phase.lambda_cap, cfg.model.tokens,
                                 rank=d.rank, world_size=d.world_size)
@@ -79,6 +80,9 @@ class Trainer:
         try:
             log(d, f"[{self.spec.phase}] {d.world_size} process(es) on {d.device.type}, global batch "
                    f"{self.global_batch} in {self.loader.streams} data streams, MLflow run {self.state.run_id}")
+            t, frozen = self.trainable, self.phase.frozen_parts
+            log(d, f"trainable parameters: {t['trainable_params']:,} of {t['total_params']:,} "
+                   f"({100 * t['trainable_fraction']:.2f}%)" + (f"; frozen: {', '.join(frozen)}" if frozen else ""))
             if not resumed and tcfg.val_at_start:
                 self._validate("start")
                 self._save_last()
@@ -109,7 +113,8 @@ class Trainer:
         """Process 0 opens (or continues) the MLflow run; an error there stops every process."""
         error, d = None, self.d
         extra = {"run.global_batch_size": self.global_batch, "run.data_streams": self.loader.streams,
-                 "run.precision": effective_precision(self.tcfg, d.device)}
+                 "run.precision": effective_precision(self.tcfg, d.device),
+                 **{f"run.{k}": v for k, v in self.trainable.items()}}
         try:
             if d.is_main:
                 tags, params = run_description(self.cfg, self.spec, self.init_meta, d.world_size, d.device.type, extra)
