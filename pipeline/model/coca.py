@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FREEZABLE_PARTS, ModelConfig
+from .config import CONTRASTIVE_LOSSES, FREEZABLE_PARTS, ModelConfig
 from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, SwiGLU, init_trunc_normal_, patch_grid,
                      rope_1d, rope_2d, sincos_2d_positions)
 
@@ -225,24 +225,40 @@ class CoCa(nn.Module):
     caption sequence without its last token, so the last input token is CLS — and returns a dict:
     ``image_embed`` and ``text_embed`` (B, dim, L2-normalised), ``logits`` (B, L, vocab_size; position
     t predicts target t, i.e. input t+1) and ``logit_scale`` (scalar, exp of the learnable
-    log-temperature, at most 100).
+    log-temperature, at most 100); with ``contrastive_loss="sigmoid"`` also ``logit_bias`` (scalar,
+    SigLIP's learnable bias).
 
     Naming (open_clip differs): ``image_embed`` is the pooled contrastive vector; the 64 pooled
     image tokens that the multimodal decoder reads are ``image_tokens`` (open_clip's image_embs).
     ``dropout`` belongs to the training phase, not to the architecture (docs/paper.md §Training).
     """
 
-    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0, *, contrastive_loss: str = "softmax"):
         super().__init__()
-        self.cfg = cfg
+        if contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"contrastive_loss {contrastive_loss!r}: expected one of {', '.join(CONTRASTIVE_LOSSES)}")
+        self.cfg, self.contrastive_loss = cfg, contrastive_loss
         self.visual = VisionTransformer(cfg, dropout)
         self.generative_pooler = AttentionalPooler(cfg.dim, cfg.heads, cfg.pooler_queries)
         self.contrastive_pooler = AttentionalPooler(cfg.dim, cfg.heads, 1)
         self.unimodal = UnimodalTextDecoder(cfg, dropout)
         self.multimodal = MultimodalTextDecoder(cfg, dropout)
-        # Learnable temperature, stored as log(1/sigma); CLIP init 1/0.07, at most 100.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        if contrastive_loss == "softmax":
+            # Learnable temperature, stored as log(1/sigma); CLIP init 1/0.07, at most 100.
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            self.logit_bias = None
+        else:
+            # SigLIP's pairwise sigmoid loss also learns a bias on the logits; SigLIP's init: scale 10,
+            # bias -10 (most pairs are negatives, so every pair starts out judged "no match").
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.logit_bias = nn.Parameter(torch.tensor(-10.0))
         self._init_weights()
+
+    @property
+    def options(self) -> dict:
+        """How this model was built beyond its ModelConfig (the training setup's parts of it): what a
+        checkpoint records so that `CoCa(cfg, **options)` rebuilds the same modules."""
+        return {"contrastive_loss": self.contrastive_loss}
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
@@ -338,12 +354,15 @@ class CoCa(nn.Module):
         text_embed, hidden, (rope, mask, is_causal) = self.text_features(text)
         logits = self.multimodal(hidden, image_tokens, rope=rope, attn_mask=mask,
                                  is_causal=is_causal)
-        return {
+        out = {
             "image_embed": F.normalize(image_embed, dim=-1),
             "text_embed": F.normalize(text_embed, dim=-1),
             "logits": logits,
             "logit_scale": self._capped_logit_scale().exp(),
         }
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
 
     def _capped_logit_scale(self) -> torch.Tensor:
         """min(logit_scale, ln 100) with the gradient passing AT the cap. clamp_logit_scale_ leaves the
@@ -358,7 +377,7 @@ class CoCa(nn.Module):
         modules = {"vit": [self.visual], "poolers": [self.generative_pooler, self.contrastive_pooler],
                    "unimodal": [self.unimodal], "multimodal": [self.multimodal]}
         if part == "temperature":
-            return [self.logit_scale]
+            return [p for p in (self.logit_scale, self.logit_bias) if p is not None]
         if part not in modules:
             raise ValueError(f"unknown model part {part!r}; the parts are {', '.join(FREEZABLE_PARTS)}")
         return [p for module in modules[part] for p in module.parameters()]
@@ -366,9 +385,11 @@ class CoCa(nn.Module):
     # ------------------------------------------------------------------ optimiser
     def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
         """Two AdamW groups: weight decay on matmul/conv weights; none on norms, biases, the token
-        embedding, the pooler queries and the logit scale."""
+        embedding, the pooler queries and the logit scale (and bias)."""
         no_decay_ids = {id(self.logit_scale), id(self.unimodal.token_embedding.weight),
                         id(self.generative_pooler.query), id(self.contrastive_pooler.query)}
+        if self.logit_bias is not None:
+            no_decay_ids.add(id(self.logit_bias))
         if isinstance(getattr(self.visual, "pos_embed", None), nn.Parameter):
             no_decay_ids.add(id(self.visual.pos_embed))
         for module in self.modules():

@@ -28,6 +28,9 @@ BUNDLES = {"baseline": ("layernorm", "gelu", "sincos"), "grr": ("rmsnorm", "gegl
 # the ViT, the two attentional poolers, the unimodal text decoder (token embedding included), the
 # multimodal text decoder (vocabulary head included), the contrastive temperature (and bias).
 FREEZABLE_PARTS = ("vit", "poolers", "unimodal", "multimodal", "temperature")
+# The contrastive objectives (`train.contrastive_loss`): the paper's softmax InfoNCE (CLIP, CoCa) or
+# SigLIP's pairwise sigmoid loss, which adds a learnable bias to the model (CoCa's `contrastive_loss`).
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
 # The text decoders' feed-forward (both variants of the paper use GEGLU; the others for ablations).
 TEXT_FFNS = ("geglu", "swiglu", "gelu")
 

@@ -49,6 +49,8 @@ def parameter_breakdown(model_or_cfg: CoCa | ModelConfig) -> dict[str, int]:
         "head": count(multi.head),
         "logit_scale": count(model.logit_scale),
     }
+    if model.logit_bias is not None:  # the sigmoid contrastive loss's bias
+        parts["logit_bias"] = count(model.logit_bias)
     parts["total"] = sum(parts.values())
     if parts["total"] != count(model):
         raise AssertionError("parameter breakdown misses a component")  # keep the table complete

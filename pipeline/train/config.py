@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.checks import check_bool, check_choice, check_ints, check_number, fail
-from pipeline.model.config import FREEZABLE_PARTS
+from pipeline.model.config import CONTRASTIVE_LOSSES, FREEZABLE_PARTS
 
 
 @dataclass
@@ -116,6 +116,9 @@ class TrainConfig:
     betas: list[float]
     eps: float
     threads_per_process: int  # torch CPU threads per process; 0 = cores / local processes
+    # The contrastive objective of both phases: softmax (the paper's symmetric InfoNCE) | sigmoid
+    # (SigLIP's pairwise loss with a learnable bias; logit scale starts at 10, bias at -10)
+    contrastive_loss: str = "softmax"
 
     section = "train"
 
@@ -127,6 +130,7 @@ class TrainConfig:
                              "max_steps_per_epoch", "threads_per_process", "seed"), minimum=0)
         check_choice(self, p, "device", ("auto", "cpu", "cuda"))
         check_choice(self, p, "precision", ("fp32", "bf16"))
+        check_choice(self, p, "contrastive_loss", CONTRASTIVE_LOSSES)
         check_bool(self, p, "compile")
         check_bool(self, p, "val_at_start")
         check_number(self, p, "grad_clip", above=0)

@@ -50,12 +50,12 @@ class Trainer:
         self.phase = getattr(cfg, spec.phase)  # cfg.pretrain or cfg.finetune
         tcfg, self.amp = self.tcfg, autocast(cfg.train, d.device)
         seed_everything(tcfg.seed)  # the same initial weights on every process
-        self.model = CoCa(cfg.model, dropout=self.phase.dropout).to(d.device)
+        self.model = CoCa(cfg.model, dropout=self.phase.dropout, contrastive_loss=tcfg.contrastive_loss).to(d.device)
         self.init_meta = load_init(spec.init, self.model) if spec.init else {}
         self.trainable = freeze_parts(self.model, self.phase.frozen_parts)
         self.ddp_model = parallelize(self.model, tcfg, d)
         self.loss_fn = CoCaLoss(self.phase.lambda_con, self.phase.lambda_cap, cfg.model.tokens,
-                                rank=d.rank, world_size=d.world_size)
+                                rank=d.rank, world_size=d.world_size, contrastive=tcfg.contrastive_loss)
         self.optimizer = build_optimizer(self.model, tcfg, self.phase.lr_max, d.device)
         self.schedule = build_schedule(self.phase)
         self.stopper = es.build_early_stopping(self.phase)
@@ -238,7 +238,7 @@ class Trainer:
         final = {k: final_val[k] for k in ("coca_loss", "caption_loss", "perplexity", "contrastive_loss", "epoch",
                                            "step")} | {"epochs_run": st.epoch, "steps_run": st.step}
         if d.is_main:
-            meta = {"phase": spec.phase, "dataset": spec.dataset, "mlflow_run_id": st.run_id,
+            meta = {"options": self.model.options, "phase": spec.phase, "dataset": spec.dataset, "mlflow_run_id": st.run_id,
                     "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer}
             best = self.ckpt.load_best("cpu")
             save_model(spec.out_dir / "best.pt", best["model"], self.cfg.model, **meta, epoch=best["epoch"],
