@@ -33,7 +33,7 @@ FORMAT = 2
 # the training phase, the special ids follow from vocab_size (pipeline/tokens.py).
 _FORMAT1_KEYS = ("dropout", "pad_id", "eos_id", "bos_id", "cls_id")
 # The keyword options of CoCa a checkpoint may record (CoCa.options).
-MODEL_OPTIONS = ("contrastive_loss",)
+MODEL_OPTIONS = ("contrastive_loss", "adapter")
 
 
 class CheckpointError(UserError, ValueError):
@@ -116,7 +116,11 @@ def load_init(path: str | Path, model: CoCa) -> dict[str, Any]:
     if saved_loss != ours_loss:
         raise CheckpointError(f"{path}: pre-trained with contrastive_loss {saved_loss!r}, this run uses {ours_loss!r} "
                               "(train.contrastive_loss must be the same in both phases)")
-    model.load_state_dict(ckpt.weights)
+    # An adapter fine-tune starts from a model without the adapter: its fresh (identity) adapter stays.
+    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    if unexpected or any(not (model.adapter is not None and key.startswith("adapter.")) for key in missing):
+        raise CheckpointError(f"{path}: its weights do not fit this model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
     return {"path": str(path), "run_id": ckpt.meta.get("mlflow_run_id"), "step": ckpt.meta.get("step"),
             "phase": ckpt.meta.get("phase")}
 

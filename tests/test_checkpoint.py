@@ -82,7 +82,7 @@ def test_a_sigmoid_loss_model_records_its_bias_and_loads_back(tmp_path):
         model.logit_bias.fill_(-7.5)
     path = save_model(tmp_path / "final.pt", model.state_dict(), cfg, options=model.options)
     loaded = load_model(path)
-    assert loaded.options == {"contrastive_loss": "sigmoid"}
+    assert loaded.options == {"contrastive_loss": "sigmoid", "adapter": False}
     rebuilt = loaded.build()
     assert rebuilt.logit_bias.item() == -7.5
     load_init(path, CoCa(cfg, contrastive_loss="sigmoid"))

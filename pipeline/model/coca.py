@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CONTRASTIVE_LOSSES, FREEZABLE_PARTS, ModelConfig
-from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, SwiGLU, init_trunc_normal_, patch_grid,
-                     rope_1d, rope_2d, sincos_2d_positions)
+from .config import CONTRASTIVE_LOSSES, MODEL_PARTS, ModelConfig
+from .layers import (GEGLU, Attention, CrossModalAdapter, GeluMLP, KVCache, RMSNorm, SwiGLU, init_trunc_normal_,
+                     patch_grid, rope_1d, rope_2d, sincos_2d_positions)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 LOGIT_SCALE_MAX = math.log(100)  # CLIP's cap on the contrastive temperature's inverse
@@ -233,7 +233,8 @@ class CoCa(nn.Module):
     ``dropout`` belongs to the training phase, not to the architecture (docs/paper.md §Training).
     """
 
-    def __init__(self, cfg: ModelConfig, dropout: float = 0.0, *, contrastive_loss: str = "softmax"):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0, *, contrastive_loss: str = "softmax",
+                 adapter: bool = False):
         super().__init__()
         if contrastive_loss not in CONTRASTIVE_LOSSES:
             raise ValueError(f"contrastive_loss {contrastive_loss!r}: expected one of {', '.join(CONTRASTIVE_LOSSES)}")
@@ -252,13 +253,15 @@ class CoCa(nn.Module):
             # bias -10 (most pairs are negatives, so every pair starts out judged "no match").
             self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
             self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        # CROME's gated cross-modal adapter on the multimodal decoder's two inputs (adapter fine-tuning)
+        self.adapter = CrossModalAdapter(cfg.dim, cfg.adapter_dim) if adapter else None
         self._init_weights()
 
     @property
     def options(self) -> dict:
         """How this model was built beyond its ModelConfig (the training setup's parts of it): what a
         checkpoint records so that `CoCa(cfg, **options)` rebuilds the same modules."""
-        return {"contrastive_loss": self.contrastive_loss}
+        return {"contrastive_loss": self.contrastive_loss, "adapter": self.adapter is not None}
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
@@ -297,6 +300,9 @@ class CoCa(nn.Module):
             for block in blocks:
                 init_trunc_normal_(block.attn.out_proj.weight, residual_std)
                 init_trunc_normal_(block.ff.fc_out.weight, residual_std)
+        if self.adapter is not None:  # a fresh adapter is the identity: the model starts as the pre-trained one
+            nn.init.zeros_(self.adapter.up.weight)
+            nn.init.zeros_(self.adapter.up.bias)
 
     # ------------------------------------------------------------------ image side
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,11 +355,20 @@ class CoCa(nn.Module):
         return F.normalize(embed, dim=-1) if normalize else embed
 
     # ------------------------------------------------------------------ both
+    def caption_logits(self, hidden: torch.Tensor, image_tokens: torch.Tensor, *, rope: Rope,
+                       attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                       caches: list[tuple[KVCache, KVCache]] | None = None) -> torch.Tensor:
+        """The multimodal decoder on unimodal hidden states and pooled image tokens, both passed through
+        the adapter first when there is one (training, validation and generation alike)."""
+        if self.adapter is not None:
+            image_tokens, hidden = self.adapter(image_tokens, hidden)
+        return self.multimodal(hidden, image_tokens, rope=rope, attn_mask=attn_mask, is_causal=is_causal,
+                               caches=caches)
+
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         image_embed, image_tokens = self.image_features(images)
         text_embed, hidden, (rope, mask, is_causal) = self.text_features(text)
-        logits = self.multimodal(hidden, image_tokens, rope=rope, attn_mask=mask,
-                                 is_causal=is_causal)
+        logits = self.caption_logits(hidden, image_tokens, rope=rope, attn_mask=mask, is_causal=is_causal)
         out = {
             "image_embed": F.normalize(image_embed, dim=-1),
             "text_embed": F.normalize(text_embed, dim=-1),
@@ -373,13 +388,14 @@ class CoCa(nn.Module):
 
     # ------------------------------------------------------------------ parts
     def part_parameters(self, part: str) -> list[nn.Parameter]:
-        """The parameters of one named part (config.FREEZABLE_PARTS): what `finetune.freeze` names."""
+        """The parameters of one named part (config.MODEL_PARTS): what `finetune.freeze` names."""
         modules = {"vit": [self.visual], "poolers": [self.generative_pooler, self.contrastive_pooler],
-                   "unimodal": [self.unimodal], "multimodal": [self.multimodal]}
+                   "unimodal": [self.unimodal], "multimodal": [self.multimodal],
+                   "adapter": [self.adapter] if self.adapter is not None else []}
         if part == "temperature":
             return [p for p in (self.logit_scale, self.logit_bias) if p is not None]
         if part not in modules:
-            raise ValueError(f"unknown model part {part!r}; the parts are {', '.join(FREEZABLE_PARTS)}")
+            raise ValueError(f"unknown model part {part!r}; the parts are {', '.join(MODEL_PARTS)}")
         return [p for module in modules[part] for p in module.parameters()]
 
     # ------------------------------------------------------------------ optimiser

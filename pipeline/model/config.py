@@ -28,6 +28,7 @@ BUNDLES = {"baseline": ("layernorm", "gelu", "sincos"), "grr": ("rmsnorm", "gegl
 # the ViT, the two attentional poolers, the unimodal text decoder (token embedding included), the
 # multimodal text decoder (vocabulary head included), the contrastive temperature (and bias).
 FREEZABLE_PARTS = ("vit", "poolers", "unimodal", "multimodal", "temperature")
+MODEL_PARTS = (*FREEZABLE_PARTS, "adapter")  # the adapter: only in adapter fine-tuning, and it trains
 # The contrastive objectives (`train.contrastive_loss`): the paper's softmax InfoNCE (CLIP, CoCa) or
 # SigLIP's pairwise sigmoid loss, which adds a learnable bias to the model (CoCa's `contrastive_loss`).
 CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
@@ -93,6 +94,9 @@ class ModelConfig:
     vit: VitFactors = dataclasses.field(default_factory=VitFactors)
     # The text decoders' choices (default: the paper's).
     text: TextFactors = dataclasses.field(default_factory=TextFactors)
+    # Bottleneck width of the fine-tuning adapter (`finetune.mode: adapter`; no adapter otherwise). The
+    # default reads checkpoints from before it existed (they have no adapter).
+    adapter_dim: int = 512
     # Library constants, not set by the presets:
     text_geglu_bias: bool = False  # biases on the text decoders' feed-forward linears (the ViT's have them)
     rope_base: float = 10000.0  # RoPE theta, text decoders and GRR ViT
@@ -106,7 +110,7 @@ class ModelConfig:
             self.text = TextFactors(**self.text)
         check_choice(self, p, "encoder", ENCODERS)
         check_ints(self, p, ("image_size", "patch_size", "dim", "vit_layers", "unimodal_layers",
-                             "multimodal_layers", "heads", "pooler_queries"))
+                             "multimodal_layers", "heads", "pooler_queries", "adapter_dim"))
         if self.image_size % self.patch_size:
             fail(f"{p}.image_size", self.image_size, f"a multiple of model.patch_size ({self.patch_size})")
         if self.dim % self.heads:

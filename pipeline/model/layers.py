@@ -80,6 +80,41 @@ class SwiGLU(GatedFeedForward):
     activation = staticmethod(F.silu)
 
 
+# ------------------------------------------------------------------------------------ adapter
+
+
+class GatedDownProjection(nn.Module):
+    """CROME's gated down-projection of one modality: SiLU(x W_gate) * (x W_down), dim -> bottleneck."""
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, bottleneck)
+        self.down = nn.Linear(dim, bottleneck)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.gate(x)) * self.down(x)
+
+
+class CrossModalAdapter(nn.Module):
+    """CROME's gated cross-modal adapter: a bottleneck with a skip connection,
+
+        image' = image + W_up(GatedDown_image(image)),   text' = text + W_up(GatedDown_text(text)),
+
+    each modality with its own gated down-projection, both sharing the up-projection (bottleneck ->
+    dim), so the two modalities are mapped back through one space. ``CoCa`` zero-initialises ``up``,
+    so that a model with a fresh adapter computes exactly what it computed without one.
+    """
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__()
+        self.image_down = GatedDownProjection(dim, bottleneck)
+        self.text_down = GatedDownProjection(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+
+    def forward(self, image_tokens: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return image_tokens + self.up(self.image_down(image_tokens)), text + self.up(self.text_down(text))
+
+
 # ---------------------------------------------------------------------------------- positions
 
 
@@ -235,6 +270,6 @@ def init_trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
 
 
 __all__ = [
-    "RMSNorm", "GeluMLP", "GatedFeedForward", "GEGLU", "SwiGLU", "rope_frequencies", "rope_1d", "rope_2d", "apply_rope",
+    "RMSNorm", "GeluMLP", "GatedFeedForward", "GEGLU", "SwiGLU", "GatedDownProjection", "CrossModalAdapter", "rope_frequencies", "rope_1d", "rope_2d", "apply_rope",
     "sincos_2d_positions", "patch_grid", "KVCache", "Attention", "init_trunc_normal_",
 ]

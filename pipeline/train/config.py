@@ -42,6 +42,11 @@ class PhaseConfig:
         """The model parts (FREEZABLE_PARTS) this phase does not train: none unless a fine-tune says so."""
         return []
 
+    @property
+    def adapter(self) -> bool:
+        """Whether this phase adds the cross-modal adapter to the model (adapter fine-tuning only)."""
+        return False
+
     def __post_init__(self) -> None:
         p = self.section
         check_ints(self, p, ("epochs", "patience", "soft_reset_after", "lr_levels"))
@@ -88,6 +93,10 @@ class FinetuneConfig(PhaseConfig):
     @property
     def frozen_parts(self) -> list[str]:
         return list(FREEZABLE_PARTS) if self.mode == "adapter" else list(self.freeze)
+
+    @property
+    def adapter(self) -> bool:
+        return self.mode == "adapter"
 
 
 @dataclass

@@ -50,7 +50,8 @@ class Trainer:
         self.phase = getattr(cfg, spec.phase)  # cfg.pretrain or cfg.finetune
         tcfg, self.amp = self.tcfg, autocast(cfg.train, d.device)
         seed_everything(tcfg.seed)  # the same initial weights on every process
-        self.model = CoCa(cfg.model, dropout=self.phase.dropout, contrastive_loss=tcfg.contrastive_loss).to(d.device)
+        self.model = CoCa(cfg.model, dropout=self.phase.dropout, contrastive_loss=tcfg.contrastive_loss,
+                          adapter=self.phase.adapter).to(d.device)
         self.init_meta = load_init(spec.init, self.model) if spec.init else {}
         self.trainable = freeze_parts(self.model, self.phase.frozen_parts)
         self.ddp_model = parallelize(self.model, tcfg, d)

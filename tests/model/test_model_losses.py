@@ -129,7 +129,7 @@ def test_the_sigmoid_objective_uses_the_models_bias_and_siglip_init(sequences):
     assert math.isclose(model.logit_scale.item(), math.log(10), rel_tol=1e-7) and model.logit_bias.item() == -10.0
     seq = sequences(cfg, [2, 5, 8, 1])
     out = model(torch.randn(4, 3, 32, 32, dtype=torch.float64), seq[:, :-1])
-    assert float(out["logit_scale"]) == pytest.approx(10.0) and float(out["logit_bias"]) == -10.0
+    assert out["logit_scale"].item() == pytest.approx(10.0) and out["logit_bias"].item() == -10.0
     loss = CoCaLoss(2.0, 1.0, cfg.tokens, contrastive="sigmoid")(out, seq[:, 1:])
     x, y = out["image_embed"].detach().tolist(), out["text_embed"].detach().tolist()
     scale, bias = out["logit_scale"].item(), out["logit_bias"].item()
