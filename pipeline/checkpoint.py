@@ -3,6 +3,9 @@
     format          FORMAT below; a file of another format is refused with a message
     model           the weights (state_dict)
     model_config    ModelConfig as a dict: the architecture, enough to rebuild the model
+    model_options   CoCa's options beyond its configuration, which the training setup chooses
+                    (`CoCa.options`: the contrastive loss's learnable bias, the fine-tuning adapter);
+                    absent in older files, which are models without either
     tokenizer_files the tokenizer's saved files by name, so inference needs nothing else
     phase, dataset, mlflow_run_id, epoch, step, val, train_config   where the weights come from
     resize_mode     how its training images were made square (data.shard.resize_mode); inference
@@ -31,6 +34,8 @@ FORMAT = 2
 # Keys of format 1's model_config that are no longer part of the architecture: dropout belongs to
 # the training phase, the special ids follow from vocab_size (pipeline/tokens.py).
 _FORMAT1_KEYS = ("dropout", "pad_id", "eos_id", "bos_id", "cls_id")
+# The keyword options of CoCa a checkpoint may record (CoCa.options).
+MODEL_OPTIONS = ("contrastive_loss", "adapter")
 
 
 class CheckpointError(UserError, ValueError):
@@ -42,6 +47,7 @@ class ModelCheckpoint:
     path: Path
     config: ModelConfig
     weights: dict[str, torch.Tensor]
+    options: dict[str, Any]  # CoCa(config, **options)
     tokenizer_files: dict[str, str]
     meta: dict[str, Any]  # phase, dataset, mlflow_run_id, epoch, step, val, train_config, weights_of (best | last)
 
@@ -51,7 +57,7 @@ class ModelCheckpoint:
 
     def build(self, dropout: float = 0.0, device: torch.device | str = "cpu") -> CoCa:
         """The model with these weights; a mismatch between weights and configuration is refused."""
-        model = CoCa(self.config, dropout=dropout)
+        model = CoCa(self.config, dropout=dropout, **self.options)
         try:
             model.load_state_dict(self.weights)
         except RuntimeError as e:
@@ -60,8 +66,9 @@ class ModelCheckpoint:
 
 
 def save_model(path: str | Path, weights: dict[str, torch.Tensor], config: ModelConfig, *,
-               tokenizer_dir: str | Path | None = None, **meta: Any) -> Path:
-    payload = {"format": FORMAT, "model": weights, "model_config": config.to_dict(),
+               options: dict[str, Any] | None = None, tokenizer_dir: str | Path | None = None, **meta: Any) -> Path:
+    """`options`: the model's `CoCa.options` (default: none, i.e. CoCa(config)'s)."""
+    payload = {"format": FORMAT, "model": weights, "model_config": config.to_dict(), "model_options": options or {},
                "tokenizer_files": tokenizer_files(tokenizer_dir), **_plain(meta)}
     return atomic_write(path, lambda f: torch.save(payload, f))
 
@@ -84,12 +91,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> ModelChe
         config = ModelConfig(**saved)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its model configuration is not valid here: {e}") from None
+    options = payload.pop("model_options", None) or {}
+    if not isinstance(options, dict) or not set(options) <= set(MODEL_OPTIONS):
+        raise CheckpointError(f"{path}: model_options must be a mapping with keys from {', '.join(MODEL_OPTIONS)}; "
+                              f"found {options!r}")
     files = payload.pop("tokenizer_files", None) or {}
     if not isinstance(files, dict) or not all(_plain_file_name(name) and isinstance(text, str)
                                               for name, text in files.items()):
         bad = [name for name in files if not _plain_file_name(name)] if isinstance(files, dict) else files
         raise CheckpointError(f"{path}: tokenizer_files must map plain file names to text; refused: {bad!r}")
-    return ModelCheckpoint(path, config, payload.pop("model"), files, payload)
+    return ModelCheckpoint(path, config, payload.pop("model"), options, files, payload)
 
 
 def _plain_file_name(name: object) -> bool:
@@ -107,7 +118,15 @@ def load_init(path: str | Path, model: CoCa) -> dict[str, Any]:
         ours = model.cfg.to_dict()
         diff = {k: (v, ours.get(k)) for k, v in ckpt.config.to_dict().items() if ours.get(k) != v}
         raise CheckpointError(f"{path}: pre-trained with another model configuration (saved, now): {diff}")
-    model.load_state_dict(ckpt.weights)
+    saved_loss, ours_loss = ckpt.options.get("contrastive_loss", "softmax"), model.options["contrastive_loss"]
+    if saved_loss != ours_loss:
+        raise CheckpointError(f"{path}: pre-trained with contrastive_loss {saved_loss!r}, this run uses {ours_loss!r} "
+                              "(train.contrastive_loss must be the same in both phases)")
+    # An adapter fine-tune starts from a model without the adapter: its fresh (identity) adapter stays.
+    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    if unexpected or any(not (model.adapter is not None and key.startswith("adapter.")) for key in missing):
+        raise CheckpointError(f"{path}: its weights do not fit this model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
     return {"path": str(path), "run_id": ckpt.meta.get("mlflow_run_id"), "step": ckpt.meta.get("step"),
             "phase": ckpt.meta.get("phase")}
 

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help=cmd_params.__doc__)
     p.add_argument("--preset", default="paper", choices=preset_names())
     p.add_argument("--vit-norm", help="count a ViT design beside the two bundles: layernorm or rmsnorm")
-    p.add_argument("--vit-ffn", help="gelu or geglu")
+    p.add_argument("--vit-ffn", help="gelu, geglu or swiglu")
     p.add_argument("--vit-pos", help="sincos, learned or rope2d")
     p.set_defaults(func=cmd_params)
 

@@ -71,3 +71,22 @@ def test_a_checkpoint_never_chooses_where_files_are_written(tmp_path, name):
     with pytest.raises(CheckpointError, match="tokenizer_files must map plain file names"):
         load_model(tmp_path / "crafted.pt")
     assert set(tmp_path.rglob("*")) == before
+
+
+def test_a_sigmoid_loss_model_records_its_bias_and_loads_back(tmp_path):
+    """The sigmoid loss's learnable bias is part of the model: the checkpoint records the option, so
+    evaluation rebuilds the same modules; a fine-tune with the other loss is refused by name."""
+    cfg = model_preset("smoke")
+    model = CoCa(cfg, contrastive_loss="sigmoid")
+    with torch.no_grad():
+        model.logit_bias.fill_(-7.5)
+    path = save_model(tmp_path / "final.pt", model.state_dict(), cfg, options=model.options)
+    loaded = load_model(path)
+    assert loaded.options == {"contrastive_loss": "sigmoid", "adapter": False}
+    rebuilt = loaded.build()
+    assert rebuilt.logit_bias.item() == -7.5
+    load_init(path, CoCa(cfg, contrastive_loss="sigmoid"))
+    with pytest.raises(CheckpointError, match="pre-trained with contrastive_loss 'sigmoid', this run uses 'softmax'"):
+        load_init(path, CoCa(cfg))
+    plain = save_model(tmp_path / "plain.pt", CoCa(cfg).state_dict(), cfg)  # no options: today's model
+    assert load_model(plain).options == {} and load_model(plain).build().logit_bias is None

@@ -44,6 +44,8 @@ class LoadedModel:
         done = {"pretrain": "pre-trained", "finetune": "fine-tuned"}.get(meta.get("phase"), "trained")
         phase = f"{done} on {meta.get('dataset', '?')}"
         weights = {"best": "the best epoch's weights", "last": "the last epoch's weights"}.get(meta.get("weights_of"), "weights")
+        if self.checkpoint.options.get("adapter"):
+            phase += " (cross-modal adapter)"
         return (f"model: {c.variant} ({'/'.join(c.vit_design)}), {phase}, {weights} (epoch {meta.get('epoch', '?')}, "
                 f"step {meta.get('step', '?')}), MLflow run {meta.get('mlflow_run_id') or 'none'}, from {self.checkpoint.path}")
 

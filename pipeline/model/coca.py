@@ -11,8 +11,9 @@ The two variants differ only in the ViT (``ModelConfig.encoder``, the paper's tw
     baseline: pre-norm LayerNorm, GELU MLP (mlp_ratio), fixed 2-D sin-cos positions added once;
     grr:      pre-norm RMSNorm, GEGLU (geglu_ratio), 2-D RoPE on queries and keys in every layer.
 Each of the three choices is also a switch of its own (``model.vit.norm/ffn/pos``; ``learned``
-positions as a third option), for ablations.
-Both text decoders use RMSNorm, GEGLU and 1-D RoPE in both variants.
+positions and CogVLM's ``swiglu`` feed-forward as further options), for ablations.
+Both text decoders use RMSNorm, GEGLU and 1-D RoPE in both variants (``model.text.ffn`` swaps the
+GEGLU for SwiGLU or a GELU MLP, for ablations).
 
 Layout (open_clip's CoCa layout, docs/paper.md §Parameter accounting): poolers have learned queries,
 LayerNorms on queries and keys and biased attention; each multimodal layer is a self-attention block
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .layers import (GEGLU, Attention, GeluMLP, KVCache, RMSNorm, init_trunc_normal_, patch_grid,
-                     rope_1d, rope_2d, sincos_2d_positions)
+from .config import CONTRASTIVE_LOSSES, MODEL_PARTS, ModelConfig
+from .layers import (GEGLU, Attention, CrossModalAdapter, GeluMLP, KVCache, RMSNorm, SwiGLU, init_trunc_normal_,
+                     patch_grid, rope_1d, rope_2d, sincos_2d_positions)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 LOGIT_SCALE_MAX = math.log(100)  # CLIP's cap on the contrastive temperature's inverse
@@ -78,8 +79,18 @@ class CrossAttentionBlock(nn.Module):
         return x + self.ff(self.norm_ff(x))
 
 
-def text_feed_forward(cfg: ModelConfig, dropout: float) -> GEGLU:
-    return GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=cfg.text_geglu_bias)
+def feed_forward(kind: str, cfg: ModelConfig, dropout: float, bias: bool) -> nn.Module:
+    """One feed-forward of `kind` (gelu | geglu | swiglu): a GELU MLP of width mlp_hidden, or a gated
+    one (GEGLU, SwiGLU) of width geglu_hidden: the one hidden-width rule for ViT and text alike."""
+    if kind == "gelu":
+        return GeluMLP(cfg.dim, cfg.mlp_hidden, dropout, bias=bias)
+    gated = {"geglu": GEGLU, "swiglu": SwiGLU}[kind]
+    return gated(cfg.dim, cfg.geglu_hidden, dropout, bias=bias)
+
+
+def text_feed_forward(cfg: ModelConfig, dropout: float) -> nn.Module:
+    """The text decoders' feed-forward (`model.text.ffn`; without biases, unlike the ViT's)."""
+    return feed_forward(cfg.text.ffn, cfg, dropout, bias=cfg.text_geglu_bias)
 
 
 # ------------------------------------------------------------------------------ image encoder
@@ -105,15 +116,9 @@ class VisionTransformer(nn.Module):
             self.register_buffer("rope_cos", rope_cos, persistent=False)
             self.register_buffer("rope_sin", rope_sin, persistent=False)
         norm = nn.LayerNorm if norm_kind == "layernorm" else RMSNorm
-        if ffn_kind == "gelu":
-            def ff() -> nn.Module:
-                return GeluMLP(cfg.dim, cfg.mlp_hidden, dropout)
-        else:
-            def ff() -> nn.Module:
-                return GEGLU(cfg.dim, cfg.geglu_hidden, dropout, bias=True)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.dim, cfg.heads, norm, ff(), dropout)
+            TransformerBlock(cfg.dim, cfg.heads, norm, feed_forward(ffn_kind, cfg, dropout, bias=True), dropout)
             for _ in range(cfg.vit_layers))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -220,24 +225,43 @@ class CoCa(nn.Module):
     caption sequence without its last token, so the last input token is CLS — and returns a dict:
     ``image_embed`` and ``text_embed`` (B, dim, L2-normalised), ``logits`` (B, L, vocab_size; position
     t predicts target t, i.e. input t+1) and ``logit_scale`` (scalar, exp of the learnable
-    log-temperature, at most 100).
+    log-temperature, at most 100); with ``contrastive_loss="sigmoid"`` also ``logit_bias`` (scalar,
+    SigLIP's learnable bias).
 
     Naming (open_clip differs): ``image_embed`` is the pooled contrastive vector; the 64 pooled
     image tokens that the multimodal decoder reads are ``image_tokens`` (open_clip's image_embs).
     ``dropout`` belongs to the training phase, not to the architecture (docs/paper.md §Training).
     """
 
-    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0, *, contrastive_loss: str = "softmax",
+                 adapter: bool = False):
         super().__init__()
-        self.cfg = cfg
+        if contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"contrastive_loss {contrastive_loss!r}: expected one of {', '.join(CONTRASTIVE_LOSSES)}")
+        self.cfg, self.contrastive_loss = cfg, contrastive_loss
         self.visual = VisionTransformer(cfg, dropout)
         self.generative_pooler = AttentionalPooler(cfg.dim, cfg.heads, cfg.pooler_queries)
         self.contrastive_pooler = AttentionalPooler(cfg.dim, cfg.heads, 1)
         self.unimodal = UnimodalTextDecoder(cfg, dropout)
         self.multimodal = MultimodalTextDecoder(cfg, dropout)
-        # Learnable temperature, stored as log(1/sigma); CLIP init 1/0.07, at most 100.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        if contrastive_loss == "softmax":
+            # Learnable temperature, stored as log(1/sigma); CLIP init 1/0.07, at most 100.
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            self.logit_bias = None
+        else:
+            # SigLIP's pairwise sigmoid loss also learns a bias on the logits; SigLIP's init: scale 10,
+            # bias -10 (most pairs are negatives, so every pair starts out judged "no match").
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        # CROME's gated cross-modal adapter on the multimodal decoder's two inputs (adapter fine-tuning)
+        self.adapter = CrossModalAdapter(cfg.dim, cfg.adapter_dim) if adapter else None
         self._init_weights()
+
+    @property
+    def options(self) -> dict:
+        """How this model was built beyond its ModelConfig (the training setup's parts of it): what a
+        checkpoint records so that `CoCa(cfg, **options)` rebuilds the same modules."""
+        return {"contrastive_loss": self.contrastive_loss, "adapter": self.adapter is not None}
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
@@ -276,6 +300,9 @@ class CoCa(nn.Module):
             for block in blocks:
                 init_trunc_normal_(block.attn.out_proj.weight, residual_std)
                 init_trunc_normal_(block.ff.fc_out.weight, residual_std)
+        if self.adapter is not None:  # a fresh adapter is the identity: the model starts as the pre-trained one
+            nn.init.zeros_(self.adapter.up.weight)
+            nn.init.zeros_(self.adapter.up.bias)
 
     # ------------------------------------------------------------------ image side
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,17 +356,29 @@ class CoCa(nn.Module):
         return F.normalize(embed, dim=-1) if normalize else embed
 
     # ------------------------------------------------------------------ both
+    def caption_logits(self, hidden: torch.Tensor, image_tokens: torch.Tensor, *, rope: Rope,
+                       attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                       caches: list[tuple[KVCache, KVCache]] | None = None) -> torch.Tensor:
+        """The multimodal decoder on unimodal hidden states and pooled image tokens, both passed through
+        the adapter first when there is one (training, validation and generation alike)."""
+        if self.adapter is not None:
+            image_tokens, hidden = self.adapter(image_tokens, hidden)
+        return self.multimodal(hidden, image_tokens, rope=rope, attn_mask=attn_mask, is_causal=is_causal,
+                               caches=caches)
+
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         image_embed, image_tokens = self.image_features(images)
         text_embed, hidden, (rope, mask, is_causal) = self.text_features(text)
-        logits = self.multimodal(hidden, image_tokens, rope=rope, attn_mask=mask,
-                                 is_causal=is_causal)
-        return {
+        logits = self.caption_logits(hidden, image_tokens, rope=rope, attn_mask=mask, is_causal=is_causal)
+        out = {
             "image_embed": F.normalize(image_embed, dim=-1),
             "text_embed": F.normalize(text_embed, dim=-1),
             "logits": logits,
             "logit_scale": self._capped_logit_scale().exp(),
         }
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
 
     def _capped_logit_scale(self) -> torch.Tensor:
         """min(logit_scale, ln 100) with the gradient passing AT the cap. clamp_logit_scale_ leaves the
@@ -348,12 +387,26 @@ class CoCa(nn.Module):
         scale = self.logit_scale
         return torch.where(scale > LOGIT_SCALE_MAX, scale.new_tensor(LOGIT_SCALE_MAX), scale)
 
+    # ------------------------------------------------------------------ parts
+    def part_parameters(self, part: str) -> list[nn.Parameter]:
+        """The parameters of one named part (config.MODEL_PARTS): what `finetune.freeze` names."""
+        modules = {"vit": [self.visual], "poolers": [self.generative_pooler, self.contrastive_pooler],
+                   "unimodal": [self.unimodal], "multimodal": [self.multimodal],
+                   "adapter": [self.adapter] if self.adapter is not None else []}
+        if part == "temperature":
+            return [p for p in (self.logit_scale, self.logit_bias) if p is not None]
+        if part not in modules:
+            raise ValueError(f"unknown model part {part!r}; the parts are {', '.join(MODEL_PARTS)}")
+        return [p for module in modules[part] for p in module.parameters()]
+
     # ------------------------------------------------------------------ optimiser
     def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
         """Two AdamW groups: weight decay on matmul/conv weights; none on norms, biases, the token
-        embedding, the pooler queries and the logit scale."""
+        embedding, the pooler queries and the logit scale (and bias)."""
         no_decay_ids = {id(self.logit_scale), id(self.unimodal.token_embedding.weight),
                         id(self.generative_pooler.query), id(self.contrastive_pooler.query)}
+        if self.logit_bias is not None:
+            no_decay_ids.add(id(self.logit_bias))
         if isinstance(getattr(self.visual, "pos_embed", None), nn.Parameter):
             no_decay_ids.add(id(self.visual.pos_embed))
         for module in self.modules():

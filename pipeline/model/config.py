@@ -21,9 +21,19 @@ SECTION = "model"
 
 # The ViT's three design choices (docs/paper.md §Architecture) and the paper's two bundles of them.
 VIT_NORMS = ("layernorm", "rmsnorm")
-VIT_FFNS = ("gelu", "geglu")
+VIT_FFNS = ("gelu", "geglu", "swiglu")  # swiglu: CogVLM's (not in the paper's bundles)
 VIT_POSITIONS = ("sincos", "learned", "rope2d")
 BUNDLES = {"baseline": ("layernorm", "gelu", "sincos"), "grr": ("rmsnorm", "geglu", "rope2d")}
+# The named parts of a CoCa model that a fine-tune may freeze (`finetune.freeze`; CoCa.part_parameters):
+# the ViT, the two attentional poolers, the unimodal text decoder (token embedding included), the
+# multimodal text decoder (vocabulary head included), the contrastive temperature (and bias).
+FREEZABLE_PARTS = ("vit", "poolers", "unimodal", "multimodal", "temperature")
+MODEL_PARTS = (*FREEZABLE_PARTS, "adapter")  # the adapter: only in adapter fine-tuning, and it trains
+# The contrastive objectives (`train.contrastive_loss`): the paper's softmax InfoNCE (CLIP, CoCa) or
+# SigLIP's pairwise sigmoid loss, which adds a learnable bias to the model (CoCa's `contrastive_loss`).
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+# The text decoders' feed-forward (both variants of the paper use GEGLU; the others for ablations).
+TEXT_FFNS = ("geglu", "swiglu", "gelu")
 
 
 @dataclass
@@ -32,13 +42,26 @@ class VitFactors:
     bundle, so `model.encoder` alone gives the paper's two models exactly."""
 
     norm: str | None = None  # layernorm | rmsnorm: the ViT blocks' pre-norm
-    ffn: str | None = None  # gelu (Linear, GELU, Linear; hidden mlp_ratio x dim) | geglu (hidden geglu_ratio x dim)
+    # gelu (Linear, GELU, Linear; hidden mlp_ratio x dim) | geglu | swiglu (gated; hidden geglu_ratio x dim)
+    ffn: str | None = None
     pos: str | None = None  # sincos (fixed, added once) | learned (trained, added once) | rope2d (every layer)
 
     def __post_init__(self) -> None:
         for name, allowed in (("norm", VIT_NORMS), ("ffn", VIT_FFNS), ("pos", VIT_POSITIONS)):
             if getattr(self, name) is not None:
                 check_choice(self, f"{SECTION}.vit", name, allowed)
+
+
+@dataclass
+class TextFactors:
+    """The text decoders' design choices (`model.text.ffn`); the defaults are the paper's."""
+
+    # geglu (the paper's) | swiglu (the same shapes, SiLU gate) | gelu (Linear, GELU, Linear; hidden
+    # mlp_ratio x dim): every feed-forward of the unimodal and the multimodal decoder
+    ffn: str = "geglu"
+
+    def __post_init__(self) -> None:
+        check_choice(self, f"{SECTION}.text", "ffn", TEXT_FFNS)
 
 
 @dataclass
@@ -57,8 +80,8 @@ class ModelConfig:
     multimodal_layers: int
     # Attention heads in every attention layer (head width = dim / heads).
     heads: int
-    # Hidden widths: int(mlp_ratio * dim) for the Baseline ViT's GELU MLP, int(geglu_ratio * dim)
-    # for every GEGLU (GRR ViT, both text decoders).
+    # Hidden widths: int(mlp_ratio * dim) for every GELU MLP (the Baseline ViT's), int(geglu_ratio * dim)
+    # for every gated feed-forward, GEGLU or SwiGLU (GRR ViT, both text decoders).
     mlp_ratio: float
     geglu_ratio: float
     # INPUT text tokens: the caption sequence has context_length + 1 ids (pipeline/tokens.py).
@@ -69,8 +92,13 @@ class ModelConfig:
     pooler_queries: int
     # The ViT's design choices one by one (null: from the encoder's bundle).
     vit: VitFactors = dataclasses.field(default_factory=VitFactors)
+    # The text decoders' choices (default: the paper's).
+    text: TextFactors = dataclasses.field(default_factory=TextFactors)
+    # Bottleneck width of the fine-tuning adapter (`finetune.mode: adapter`; no adapter otherwise). The
+    # default reads checkpoints from before it existed (they have no adapter).
+    adapter_dim: int = 512
     # Library constants, not set by the presets:
-    text_geglu_bias: bool = False  # biases on the text decoders' GEGLU linears (the ViT's have them)
+    text_geglu_bias: bool = False  # biases on the text decoders' feed-forward linears (the ViT's have them)
     rope_base: float = 10000.0  # RoPE theta, text decoders and GRR ViT
     init_std: float = 0.02  # truncated-normal init (CoCa._init_weights)
 
@@ -78,9 +106,11 @@ class ModelConfig:
         p = SECTION
         if isinstance(self.vit, dict):  # from a checkpoint's model_config
             self.vit = VitFactors(**self.vit)
+        if isinstance(self.text, dict):
+            self.text = TextFactors(**self.text)
         check_choice(self, p, "encoder", ENCODERS)
         check_ints(self, p, ("image_size", "patch_size", "dim", "vit_layers", "unimodal_layers",
-                             "multimodal_layers", "heads", "pooler_queries"))
+                             "multimodal_layers", "heads", "pooler_queries", "adapter_dim"))
         if self.image_size % self.patch_size:
             fail(f"{p}.image_size", self.image_size, f"a multiple of model.patch_size ({self.patch_size})")
         if self.dim % self.heads:

@@ -34,8 +34,8 @@ class _Decoder:
         model, cfg = self.model, self.model.cfg
         if not self.use_cache:
             _, hidden, (rope, mask, is_causal) = model.text_features(tokens)
-            logits = model.multimodal(hidden, self.image_tokens, rope=rope, attn_mask=mask,
-                                      is_causal=is_causal)
+            logits = model.caption_logits(hidden, self.image_tokens, rope=rope, attn_mask=mask,
+                                          is_causal=is_causal)
             return logits[:, -1]
         new = tokens[:, self.seen:]
         n = new.shape[1]
@@ -49,8 +49,8 @@ class _Decoder:
             total = self.seen + n
             mask = torch.ones(n, total, dtype=torch.bool, device=tokens.device).tril(self.seen)
         hidden = model.unimodal(new, rope=rope, attn_mask=mask, caches=self.uni_caches)
-        logits = model.multimodal(hidden, self.image_tokens, rope=rope, attn_mask=mask,
-                                  caches=self.multi_caches)
+        logits = model.caption_logits(hidden, self.image_tokens, rope=rope, attn_mask=mask,
+                                      caches=self.multi_caches)
         self.seen += n
         return logits[:, -1]
 

@@ -42,14 +42,19 @@ class GeluMLP(nn.Module):
         return self.dropout(self.fc_out(F.gelu(self.fc_in(x))))
 
 
-class GEGLU(nn.Module):
-    """GEGLU feed-forward: two parallel Linear dim->hidden, GELU on one, Hadamard product,
-    Linear hidden->dim.
+class GatedFeedForward(nn.Module):
+    """Gated-linear-unit feed-forward (Shazeer 2020): two parallel Linear dim->hidden, an activation on
+    one (the "gate"), their Hadamard product, Linear hidden->dim. GEGLU and SwiGLU below differ only in
+    the gate's activation, so they have the same shapes and the same parameter count.
 
     The two parallel linears are stored as one (2*hidden, dim) matrix ``fc_in`` (rows [:hidden]: the
-    GELU "gate" branch, rows [hidden:]: the linear "up" branch) so they run as one matmul; this is
-    the same function and the same parameter count as two separate Linear layers.
+    gate branch, rows [hidden:]: the linear "up" branch) so they run as one matmul; this is the same
+    function and the same parameter count as two separate Linear layers.
     """
+
+    @staticmethod
+    def activation(x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
@@ -60,7 +65,54 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.fc_in(x).split(self.hidden, dim=-1)
-        return self.dropout(self.fc_out(F.gelu(gate) * up))
+        return self.dropout(self.fc_out(self.activation(gate) * up))
+
+
+class GEGLU(GatedFeedForward):
+    """GEGLU: GELU(x W_gate) * (x W_up), then W_out (GRR-CoCa's ViT and both text decoders)."""
+
+    activation = staticmethod(F.gelu)
+
+
+class SwiGLU(GatedFeedForward):
+    """SwiGLU: Swish(x W_gate) * (x W_up), then W_out, Swish = SiLU = x * sigmoid(x) (CogVLM, LLaMA)."""
+
+    activation = staticmethod(F.silu)
+
+
+# ------------------------------------------------------------------------------------ adapter
+
+
+class GatedDownProjection(nn.Module):
+    """CROME's gated down-projection of one modality: SiLU(x W_gate) * (x W_down), dim -> bottleneck."""
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, bottleneck)
+        self.down = nn.Linear(dim, bottleneck)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.gate(x)) * self.down(x)
+
+
+class CrossModalAdapter(nn.Module):
+    """CROME's gated cross-modal adapter: a bottleneck with a skip connection,
+
+        image' = image + W_up(GatedDown_image(image)),   text' = text + W_up(GatedDown_text(text)),
+
+    each modality with its own gated down-projection, both sharing the up-projection (bottleneck ->
+    dim), so the two modalities are mapped back through one space. ``CoCa`` zero-initialises ``up``,
+    so that a model with a fresh adapter computes exactly what it computed without one.
+    """
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__()
+        self.image_down = GatedDownProjection(dim, bottleneck)
+        self.text_down = GatedDownProjection(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+
+    def forward(self, image_tokens: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return image_tokens + self.up(self.image_down(image_tokens)), text + self.up(self.text_down(text))
 
 
 # ---------------------------------------------------------------------------------- positions
@@ -218,6 +270,6 @@ def init_trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
 
 
 __all__ = [
-    "RMSNorm", "GeluMLP", "GEGLU", "rope_frequencies", "rope_1d", "rope_2d", "apply_rope",
+    "RMSNorm", "GeluMLP", "GatedFeedForward", "GEGLU", "SwiGLU", "GatedDownProjection", "CrossModalAdapter", "rope_frequencies", "rope_1d", "rope_2d", "apply_rope",
     "sincos_2d_positions", "patch_grid", "KVCache", "Attention", "init_trunc_normal_",
 ]

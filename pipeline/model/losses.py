@@ -2,6 +2,9 @@
 
     L_con = CE(logit_scale * x y^T, diag) + CE(logit_scale * y x^T, diag)   (paper Eq. 1: the SUM of
             the two directional mean cross-entropies; x, y L2-normalised image / text embeddings)
+    or, with train.contrastive_loss: sigmoid (SigLIP, Zhai et al. 2023),
+    L_con = -(1/N) sum_ij log sigmoid(z_ij (logit_scale * x_i.y_j + logit_bias)), z_ij = 1 if i = j
+            else -1: every pair of the batch is its own binary match / no-match decision
     L_cap = token cross-entropy averaged over the targets that are not BOS, PAD or CLS
     perplexity = exp(L_cap);  CoCa loss = lambda_con * L_con + lambda_cap * L_cap
 
@@ -29,6 +32,15 @@ def contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor,
     logits = logit_scale * image_embed @ text_embed.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+
+
+def sigmoid_contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor,
+                             logit_scale: torch.Tensor | float, logit_bias: torch.Tensor | float) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss on (N, D) normalised embeddings; pair i matches pair i: the
+    N^2 pairs' binary log-likelihoods summed, divided by N (SigLIP's normalisation)."""
+    logits = logit_scale * image_embed @ text_embed.t() + logit_bias
+    signs = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
 
 
 def target_mask(targets: torch.Tensor, ignore_ids: tuple[int, ...]) -> torch.Tensor:
@@ -88,8 +100,8 @@ def gather_with_grad(tensor: torch.Tensor, rank: int, world_size: int) -> torch.
 class CoCaLoss(nn.Module):
     """The CoCa objective from the dict that ``CoCa.forward`` returns, exact across processes.
 
-    Contrastive term: the image and text embeddings of all processes are gathered with gradients and
-    every process computes L_con over the whole global batch; the gather's backward sums each
+    Contrastive term (softmax or sigmoid, `contrastive`): the image and text embeddings of all processes
+    are gathered with gradients and every process computes L_con over the whole global batch; the gather's backward sums each
     process's gradient and DDP's averaging over processes then gives exactly the one-process gradient.
 
     Caption term: the mean over the global batch's caption tokens. Each process holds a share of them
@@ -103,17 +115,32 @@ class CoCaLoss(nn.Module):
     """
 
     def __init__(self, lambda_con: float, lambda_cap: float, tokens: TokenLayout, *,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, contrastive: str = "softmax"):
         super().__init__()
         if world_size > 1 and not (dist.is_available() and dist.is_initialized()):
             raise ValueError(f"world_size={world_size} needs torch.distributed initialised")
-        self.lambda_con, self.lambda_cap = lambda_con, lambda_cap
+        if contrastive not in ("softmax", "sigmoid"):
+            raise ValueError(f"contrastive {contrastive!r}: expected softmax or sigmoid")
+        self.lambda_con, self.lambda_cap, self.contrastive = lambda_con, lambda_cap, contrastive
         self.ignore_ids = tokens.non_targets
         self.rank, self.world_size = rank, world_size
 
     def combine(self, contrastive: torch.Tensor | float, caption: torch.Tensor | float) -> torch.Tensor | float:
         """CoCa loss = lambda_con * L_con + lambda_cap * L_cap."""
         return self.lambda_con * contrastive + self.lambda_cap * caption
+
+    def contrastive_term(self, image_embed: torch.Tensor, text_embed: torch.Tensor,
+                         outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L_con of these embeddings (in at least float32) with the model's scale (and bias) from
+        `outputs`: the softmax or the sigmoid loss, as this objective was built."""
+        scale = _at_least_float32(outputs["logit_scale"])
+        image_embed, text_embed = _at_least_float32(image_embed), _at_least_float32(text_embed)
+        if self.contrastive == "softmax":
+            return contrastive_loss(image_embed, text_embed, scale)
+        if "logit_bias" not in outputs:
+            raise ValueError("the sigmoid contrastive loss needs a model built with contrastive_loss='sigmoid' "
+                             "(its outputs have no logit_bias)")
+        return sigmoid_contrastive_loss(image_embed, text_embed, scale, _at_least_float32(outputs["logit_bias"]))
 
     def count_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Caption-loss targets in a batch (not BOS, PAD or CLS)."""
@@ -123,8 +150,7 @@ class CoCaLoss(nn.Module):
                 global_tokens: float | None = None) -> dict[str, torch.Tensor]:
         image_embed = gather_with_grad(outputs["image_embed"], self.rank, self.world_size)
         text_embed = gather_with_grad(outputs["text_embed"], self.rank, self.world_size)
-        con = contrastive_loss(_at_least_float32(image_embed), _at_least_float32(text_embed),
-                               _at_least_float32(outputs["logit_scale"]))
+        con = self.contrastive_term(image_embed, text_embed, outputs)
         cap_sum, tokens = caption_loss_sum(outputs["logits"], targets, self.ignore_ids)
         if global_tokens is None:
             global_tokens = tokens.detach().double()

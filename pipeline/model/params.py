@@ -24,10 +24,10 @@ def count(module: nn.Module | nn.Parameter) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def build_on_meta(cfg: ModelConfig) -> CoCa:
-    """The model with every tensor on the meta device (shapes only, no memory)."""
+def build_on_meta(cfg: ModelConfig, **options) -> CoCa:
+    """The model (CoCa(cfg, **options)) with every tensor on the meta device (shapes only, no memory)."""
     with torch.device("meta"):
-        return CoCa(cfg)
+        return CoCa(cfg, **options)
 
 
 def parameter_breakdown(model_or_cfg: CoCa | ModelConfig) -> dict[str, int]:
@@ -49,6 +49,10 @@ def parameter_breakdown(model_or_cfg: CoCa | ModelConfig) -> dict[str, int]:
         "head": count(multi.head),
         "logit_scale": count(model.logit_scale),
     }
+    if model.logit_bias is not None:  # the sigmoid contrastive loss's bias
+        parts["logit_bias"] = count(model.logit_bias)
+    if model.adapter is not None:  # adapter fine-tuning's gated cross-modal adapter
+        parts["adapter"] = count(model.adapter)
     parts["total"] = sum(parts.values())
     if parts["total"] != count(model):
         raise AssertionError("parameter breakdown misses a component")  # keep the table complete

@@ -3,7 +3,8 @@
 The runs of one validation set are grouped by their *factors*: the ViT design in force (the `vit.norm`,
 `vit.ffn`, `vit.pos` tags, bundles resolved) and every other logged parameter whose value differs
 among them (`train.seed` excepted: seeds are the replicates). A parameter some runs lack (a run from
-before it existed) is not a factor. Within a group the latest finished run of each seed counts.
+before it existed) is not a factor, unless it is a switch with a default (SWITCH_DEFAULTS: the text
+feed-forward, the contrastive loss, the fine-tuning mode and frozen parts), which such runs ran at. Within a group the latest finished run of each seed counts.
 
 For each group and metric: mean, standard deviation and a 95% t-interval over seeds
 (`pipeline.report.stats`). Each group is compared with its reference, the group of the reference
@@ -27,7 +28,14 @@ from .stats import Estimate, estimate, factorial_effects, paired_difference
 DESIGN_FACTORS = ("vit.norm", "vit.ffn", "vit.pos")  # the run tags of the design in force
 # Params that are not factors of their own: the seed is the replicate; the rest is the design, which
 # the trainer logs as model.* (as set, null for the bundle's) and as vit.* (in force).
-NOT_FACTORS = {"train.seed", "model.encoder", "model.vit.norm", "model.vit.ffn", "model.vit.pos", *DESIGN_FACTORS}
+NOT_FACTORS = {"train.seed", "model.encoder", "model.vit.norm", "model.vit.ffn", "model.vit.pos", *DESIGN_FACTORS,
+               # consequences of the switches, not choices: the trainable count follows finetune.freeze/mode
+               "run.trainable_params", "run.total_params", "run.trainable_fraction"}
+# Switches added after runs were first logged, at their defaults (today's behaviour, as MLflow logs the
+# value): a run from before a switch existed ran at its default, so the switch is a factor as soon as
+# runs differ in it, old runs included.
+SWITCH_DEFAULTS = {"model.text.ffn": "geglu", "train.contrastive_loss": "softmax", "finetune.mode": "full",
+                   "finetune.freeze": "[]"}
 METRIC_KEYS = [k for k, _, _ in VAL_METRICS + EVAL_METRICS]
 
 
@@ -45,6 +53,15 @@ def seed_of(run) -> int | None:
         return None
 
 
+def short_name(factor: str, factors) -> str:
+    """A factor's last key (`ffn`), or its key without the section when another factor shares that last
+    key (`text.ffn` beside the design's `vit.ffn`)."""
+    last = factor.split(".")[-1]
+    if factor in DESIGN_FACTORS or sum(f.split(".")[-1] == last for f in factors) == 1:
+        return last
+    return factor.split(".", 1)[-1]
+
+
 @dataclass
 class Group:
     levels: dict[str, str]  # factor -> level (only the factors that differ in the set)
@@ -56,7 +73,7 @@ class Group:
         if not self.levels:
             return "all runs"
         bundle = next((name for name, b in BUNDLES.items() if b == self.design), None)
-        text = ", ".join(f"{f.split('.')[-1]}={v}" for f, v in self.levels.items())
+        text = ", ".join(f"{short_name(f, self.levels)}={v}" for f, v in self.levels.items())
         return f"{text} ({bundle})" if bundle and any(f in DESIGN_FACTORS for f in self.levels) else text
 
     def summary(self, metrics: list[str] = METRIC_KEYS) -> dict[str, Estimate]:
@@ -101,7 +118,8 @@ def group_runs(runs: list) -> tuple[list[str], list[Group]]:
     if not runs:
         return [], []
     designs = {run.info.run_id: design_of(run) for run in runs}
-    params = {run.info.run_id: {k: v for k, v in run.data.params.items() if k not in NOT_FACTORS} for run in runs}
+    params = {run.info.run_id: {**SWITCH_DEFAULTS, **{k: v for k, v in run.data.params.items() if k not in NOT_FACTORS}}
+              for run in runs}
     common = set.intersection(*(set(p) for p in params.values()))
     factors = [f for i, f in enumerate(DESIGN_FACTORS) if len({d[i] for d in designs.values()}) > 1]
     factors += sorted(k for k in common if len({p[k] for p in params.values()}) > 1)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.checks import check_bool, check_choice, check_ints, check_number, fail
+from pipeline.model.config import CONTRASTIVE_LOSSES, FREEZABLE_PARTS
 
 
 @dataclass
@@ -41,6 +42,16 @@ class PhaseConfig:
 
     section = "phase"  # its key in params.yaml (a class attribute, not a setting)
 
+    @property
+    def frozen_parts(self) -> list[str]:
+        """The model parts (FREEZABLE_PARTS) this phase does not train: none unless a fine-tune says so."""
+        return []
+
+    @property
+    def adapter(self) -> bool:
+        """Whether this phase adds the cross-modal adapter to the model (adapter fine-tuning only)."""
+        return False
+
     def __post_init__(self) -> None:
         p = self.section
         check_ints(self, p, ("epochs", "patience", "soft_reset_after", "lr_levels"))
@@ -69,7 +80,34 @@ class PretrainConfig(PhaseConfig):
 
 @dataclass
 class FinetuneConfig(PhaseConfig):
+    # Parts of the pre-trained model kept frozen (Prismatic's frozen ViT, say): any of FREEZABLE_PARTS.
+    freeze: list[str] = dataclasses.field(default_factory=list)
+    # full: train the model (but its frozen parts) | adapter: add CROME's gated cross-modal adapter
+    # before the multimodal decoder and train it alone (model.adapter_dim)
+    mode: str = "full"
+
     section = "finetune"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        p = self.section
+        check_choice(self, p, "mode", ("full", "adapter"))
+        if not isinstance(self.freeze, list) or any(part not in FREEZABLE_PARTS for part in self.freeze):
+            fail(f"{p}.freeze", self.freeze, f"a list of parts from {', '.join(FREEZABLE_PARTS)}")
+        if len(set(self.freeze)) != len(self.freeze):
+            fail(f"{p}.freeze", self.freeze, "a list that names each part once")
+        if set(self.freeze) == set(FREEZABLE_PARTS):
+            fail(f"{p}.freeze", self.freeze, "a list that leaves at least one part to train")
+        if self.mode == "adapter" and self.freeze:
+            fail(f"{p}.freeze", self.freeze, "[] when finetune.mode is adapter (it trains the adapter alone)")
+
+    @property
+    def frozen_parts(self) -> list[str]:
+        return list(FREEZABLE_PARTS) if self.mode == "adapter" else list(self.freeze)
+
+    @property
+    def adapter(self) -> bool:
+        return self.mode == "adapter"
 
 
 @dataclass
@@ -98,6 +136,9 @@ class TrainConfig:
     betas: list[float]
     eps: float
     threads_per_process: int  # torch CPU threads per process; 0 = cores / local processes
+    # The contrastive objective of both phases: softmax (the paper's symmetric InfoNCE) | sigmoid
+    # (SigLIP's pairwise loss with a learnable bias; logit scale starts at 10, bias at -10)
+    contrastive_loss: str = "softmax"
 
     section = "train"
 
@@ -109,6 +150,7 @@ class TrainConfig:
                              "max_steps_per_epoch", "threads_per_process", "seed"), minimum=0)
         check_choice(self, p, "device", ("auto", "cpu", "cuda"))
         check_choice(self, p, "precision", ("fp32", "bf16"))
+        check_choice(self, p, "contrastive_loss", CONTRASTIVE_LOSSES)
         check_bool(self, p, "compile")
         check_bool(self, p, "val_at_start")
         check_number(self, p, "grad_clip", above=0)

@@ -26,7 +26,7 @@ from pipeline.progress import Pace
 from pipeline.tracking import NullTracker, repo_root, run_description, start_run
 
 from . import early_stopping as es
-from .optim import build_optimizer, set_lr
+from .optim import build_optimizer, freeze_parts, set_lr
 from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, barrier, broadcast_object,
                           effective_precision, init_distributed, no_sync, parallelize)
 from .resume import Checkpointer, NonFiniteLoss, RNGState, fingerprint, seed_everything
@@ -51,11 +51,13 @@ class Trainer:
         self.phase = getattr(cfg, spec.phase)  # cfg.pretrain or cfg.finetune
         tcfg, self.amp = self.tcfg, autocast(cfg.train, d.device)
         seed_everything(tcfg.seed)  # the same initial weights on every process
-        self.model = CoCa(cfg.model, dropout=self.phase.dropout).to(d.device)
+        self.model = CoCa(cfg.model, dropout=self.phase.dropout, contrastive_loss=tcfg.contrastive_loss,
+                          adapter=self.phase.adapter).to(d.device)
         self.init_meta = load_init(spec.init, self.model) if spec.init else {}
+        self.trainable = freeze_parts(self.model, self.phase.frozen_parts)
         self.ddp_model = parallelize(self.model, tcfg, d)
         self.loss_fn = CoCaLoss(self.phase.lambda_con, self.phase.lambda_cap, cfg.model.tokens,
-                                rank=d.rank, world_size=d.world_size)
+                                rank=d.rank, world_size=d.world_size, contrastive=tcfg.contrastive_loss)
         self.optimizer = build_optimizer(self.model, tcfg, self.phase.lr_max, d.device)
         self.schedule = build_schedule(self.phase)
         self.stopper = es.build_early_stopping(self.phase)
@@ -85,6 +87,9 @@ class Trainer:
         try:
             log(d, f"[{self.spec.phase}] {d.world_size} process(es) on {d.device.type}, global batch "
                    f"{self.global_batch} in {self.loader.streams} data streams, MLflow run {self.state.run_id}")
+            t, frozen = self.trainable, self.phase.frozen_parts
+            log(d, f"trainable parameters: {t['trainable_params']:,} of {t['total_params']:,} "
+                   f"({100 * t['trainable_fraction']:.2f}%)" + (f"; frozen: {', '.join(frozen)}" if frozen else ""))
             if not resumed and tcfg.val_at_start:
                 self._validate("start")
                 self._save_last()
@@ -115,7 +120,8 @@ class Trainer:
         """Process 0 opens (or continues) the MLflow run; an error there stops every process."""
         error, d = None, self.d
         extra = {"run.global_batch_size": self.global_batch, "run.data_streams": self.loader.streams,
-                 "run.precision": effective_precision(self.tcfg, d.device)}
+                 "run.precision": effective_precision(self.tcfg, d.device),
+                 **{f"run.{k}": v for k, v in self.trainable.items()}}
         try:
             if d.is_main:
                 tags, params = run_description(self.cfg, self.spec, self.init_meta, d.world_size, d.device.type, extra)
@@ -239,8 +245,8 @@ class Trainer:
         final = {k: final_val[k] for k in ("coca_loss", "caption_loss", "perplexity", "contrastive_loss", "epoch",
                                            "step")} | {"epochs_run": st.epoch, "steps_run": st.step}
         if d.is_main:
-            meta = {"phase": spec.phase, "dataset": spec.dataset, "mlflow_run_id": st.run_id,
-                    "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer,
+            meta = {"options": self.model.options, "phase": spec.phase, "dataset": spec.dataset,
+                    "mlflow_run_id": st.run_id, "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer,
                     "resize_mode": self.loader.manifest.resize_mode}  # inference prepares images the same way
             best = self.ckpt.load_best("cpu")
             save_model(spec.out_dir / "best.pt", best["model"], self.cfg.model, **meta, epoch=best["epoch"],

@@ -1,5 +1,6 @@
-"""AdamW (docs/paper.md §Training: betas 0.9/0.999, weight decay 0.001 on matmul/conv weights only;
-fused on GPU)."""
+"""What trains and how: the frozen parts of a fine-tune (`finetune.freeze`, `finetune.mode`), and
+AdamW over the rest (docs/paper.md §Training: betas 0.9/0.999, weight decay 0.001 on matmul/conv
+weights only; fused on GPU)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,25 @@ from torch import nn
 from .config import TrainConfig
 
 
+def freeze_parts(model: nn.Module, parts: list[str]) -> dict[str, float]:
+    """Stop the named parts (CoCa.part_parameters) from training, before DDP wraps the model and the
+    optimiser is built, so that neither holds them; -> the trainable count and fraction."""
+    for part in parts:
+        for param in model.part_parameters(part):
+            param.requires_grad_(False)
+    return trainable_summary(model)
+
+
+def trainable_summary(model: nn.Module) -> dict[str, float]:
+    """{trainable_params, total_params, trainable_fraction} of `model`."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total}
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """`model` is the bare CoCa (not the DDP wrapper); its `optimizer_param_groups` decide the decay."""
+    """`model` is the bare CoCa (not the DDP wrapper); its `optimizer_param_groups` decide the decay and
+    leave out the frozen parameters."""
     groups = model.optimizer_param_groups(cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              weight_decay=cfg.weight_decay, fused=device.type == "cuda")

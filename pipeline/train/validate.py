@@ -5,7 +5,8 @@ the sums below are then added over processes, so the result does not depend on h
 
     caption loss     = sum of per-token cross-entropies / number of caption tokens   (whole split)
     perplexity       = exp(caption loss)
-    contrastive loss = per-sample mean of paper Eq. 1 computed within each validation batch of
+    contrastive loss = per-sample mean of paper Eq. 1 (or of the sigmoid loss: the training objective's
+                       CoCaLoss.contrastive_term) computed within each validation batch of
                        train.val_batch_size consecutive samples of one shard (the last batch of a
                        shard is smaller), without gathering across processes
     CoCa loss        = CoCaLoss.combine(contrastive, caption): the phase's weights, as in training
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from pipeline.data.loader import ValLoader
-from pipeline.model.losses import CoCaLoss, caption_loss_sum, contrastive_loss
+from pipeline.model.losses import CoCaLoss, caption_loss_sum
 
 from .parallelize import all_reduce_sum
 from .resume import NonFiniteLoss
@@ -36,7 +37,7 @@ def validate(model: nn.Module, loader: ValLoader, loss_fn: CoCaLoss, device: tor
         batch = batch.to(device)
         with amp:
             out = model(batch.images, batch.text)
-        con = contrastive_loss(out["image_embed"].float(), out["text_embed"].float(), out["logit_scale"].float())
+        con = loss_fn.contrastive_term(out["image_embed"], out["text_embed"], out)
         cap_sum, tokens = caption_loss_sum(out["logits"], batch.targets, loss_fn.ignore_ids)
         n = torch.tensor(len(batch), device=device, dtype=torch.float64)
         sums += torch.stack([con.double() * n, n, cap_sum.double(), tokens.double()])

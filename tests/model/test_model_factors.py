@@ -11,9 +11,9 @@ from torch import nn
 from pipeline.checkpoint import load_model, save_model
 from pipeline.config import ConfigError, build_config, model_preset
 from pipeline.model.coca import CoCa
-from pipeline.model.config import BUNDLES, VIT_FFNS, VIT_NORMS, VIT_POSITIONS, VitFactors
-from pipeline.model.layers import GEGLU, GeluMLP, RMSNorm
-from pipeline.model.params import count, parameter_breakdown
+from pipeline.model.config import BUNDLES, VIT_FFNS, VIT_NORMS, VIT_POSITIONS, TextFactors, VitFactors
+from pipeline.model.layers import GEGLU, GeluMLP, RMSNorm, SwiGLU
+from pipeline.model.params import build_on_meta, count, parameter_breakdown
 
 DESIGNS = list(itertools.product(VIT_NORMS, VIT_FFNS, VIT_POSITIONS))
 
@@ -24,7 +24,7 @@ def test_each_design_builds_its_modules(norm, ffn, pos):
     vit = CoCa(cfg).visual
     block = vit.blocks[0]
     assert type(block.norm_attn) is (nn.LayerNorm if norm == "layernorm" else RMSNorm)
-    assert type(block.ff) is (GeluMLP if ffn == "gelu" else GEGLU)
+    assert type(block.ff) is {"gelu": GeluMLP, "geglu": GEGLU, "swiglu": SwiGLU}[ffn]
     learned = isinstance(getattr(vit, "pos_embed", None), nn.Parameter)
     assert learned == (pos == "learned")
     assert hasattr(vit, "rope_cos") == (pos == "rope2d")
@@ -73,3 +73,44 @@ def test_factors_are_checked_and_travel_with_the_checkpoint(tmp_path):
     assert cfg.vit_design == ("layernorm", "gelu", "rope2d") and cfg.variant == "vit-layernorm-gelu-rope2d"
     path = save_model(tmp_path / "final.pt", CoCa(cfg).state_dict(), cfg)
     assert load_model(path).config == cfg
+
+
+def test_swiglu_counts_exactly_as_geglu_at_paper_size():
+    """SwiGLU has GEGLU's shapes (hidden geglu_ratio x dim, the same biases): a ViT or text decoders
+    with SwiGLU have exactly the GEGLU model's parameters, and the breakdown counts them."""
+    grr = parameter_breakdown(model_preset("paper"))
+    vit_swiglu = parameter_breakdown(model_preset("paper", vit=VitFactors(ffn="swiglu")))
+    text_swiglu = parameter_breakdown(model_preset("paper", text=TextFactors(ffn="swiglu")))
+    assert vit_swiglu == grr and text_swiglu == grr
+    model = build_on_meta(model_preset("paper", vit=VitFactors(ffn="swiglu"), text=TextFactors(ffn="swiglu")))
+    ff = model.visual.blocks[0].ff
+    assert type(ff) is SwiGLU and ff.hidden == 2073
+    assert count(ff) == 2 * (768 * 2073 + 2073) + 2073 * 768 + 768 == 4_781_106
+    text_ff = model.unimodal.blocks[0].ff
+    assert type(text_ff) is SwiGLU and count(text_ff) == 3 * 768 * 2073  # no biases in the text decoders
+    assert count(model) == grr["total"]
+
+
+def test_text_gelu_uses_the_mlp_width_without_biases():
+    """`model.text.ffn: gelu` swaps every text feed-forward (12 unimodal + 24 multimodal at paper size)
+    for a 768 -> 3072 -> 768 GELU MLP without biases: the count changes by exactly that."""
+    cfg = model_preset("paper", text=TextFactors(ffn="gelu"))
+    model = build_on_meta(cfg)
+    assert type(model.multimodal.layers[0].cross_block.ff) is GeluMLP
+    per_ff = 2 * 768 * 3072 - 3 * 768 * 2073
+    n_ff = cfg.unimodal_layers + 2 * cfg.multimodal_layers
+    assert count(model) - parameter_breakdown(model_preset("paper"))["total"] == n_ff * per_ff
+
+
+def test_text_ffn_default_is_todays_model_and_bad_values_are_named():
+    torch.manual_seed(0)
+    before = CoCa(model_preset("smoke")).state_dict()
+    torch.manual_seed(0)
+    explicit = CoCa(build_config({"preset": "smoke", "model": {"text": {"ffn": "geglu"}}}).model).state_dict()
+    assert before.keys() == explicit.keys() and all(torch.equal(before[k], explicit[k]) for k in before)
+    with pytest.raises(ConfigError, match=r"^key 'model.text.ffn': value 'relu' is not allowed; allowed: "
+                                          r"geglu, swiglu, gelu$"):
+        build_config({"preset": "smoke", "model": {"text": {"ffn": "relu"}}})
+    with pytest.raises(ConfigError, match=r"^key 'model.vit.ffn': value 'reglu' is not allowed; allowed: "
+                                          r"gelu, geglu, swiglu$"):
+        build_config({"preset": "smoke", "model": {"vit": {"ffn": "reglu"}}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.model.layers import (GEGLU, Attention, KVCache, RMSNorm, apply_rope, patch_grid,
+from pipeline.model.layers import (GEGLU, Attention, KVCache, RMSNorm, SwiGLU, apply_rope, patch_grid,
                                    rope_1d, rope_2d, sincos_2d_positions)
 
 torch.set_default_dtype(torch.float32)
@@ -74,6 +74,20 @@ def test_geglu_is_gelu_gate_times_linear_then_projection():
     assert torch.allclose(ff(x), expected)
     assert sum(p.numel() for p in ff.parameters()) == 2 * (8 * 13 + 13) + 13 * 8 + 8
     assert sum(p.numel() for p in GEGLU(8, 13, bias=False).parameters()) == 3 * 8 * 13
+
+
+def test_swiglu_is_silu_gate_times_linear_then_projection():
+    ff = SwiGLU(8, 13).double()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    w_gate, w_up = ff.fc_in.weight[:13], ff.fc_in.weight[13:]
+    b_gate, b_up = ff.fc_in.bias[:13], ff.fc_in.bias[13:]
+    gate = x @ w_gate.T + b_gate
+    expected = ff.fc_out(gate * torch.sigmoid(gate) * (x @ w_up.T + b_up))  # Swish(g) = g * sigmoid(g)
+    assert torch.allclose(ff(x), expected)
+    geglu = GEGLU(8, 13).double()
+    geglu.load_state_dict(ff.state_dict())  # the same parameters, another gate: another function
+    assert not torch.allclose(geglu(x), ff(x))
+    assert sum(p.numel() for p in ff.parameters()) == sum(p.numel() for p in geglu.parameters())
 
 
 def test_rms_norm_formula():

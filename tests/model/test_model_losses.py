@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pipeline.config import model_preset
 from pipeline.model.coca import CoCa
-from pipeline.model.losses import CoCaLoss, caption_loss, contrastive_loss
+from pipeline.model.losses import CoCaLoss, caption_loss, contrastive_loss, sigmoid_contrastive_loss
 
 
 def _reference_contrastive(x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
@@ -106,3 +106,48 @@ def test_the_global_token_count_weights_the_caption_term(smoke_cfg, sequences):
 def test_distributed_loss_needs_initialised_process_group(smoke_cfg):
     with pytest.raises(ValueError, match="world_size"):
         CoCaLoss(1.0, 1.0, smoke_cfg.tokens, rank=0, world_size=2)
+
+
+def test_sigmoid_loss_by_hand_on_two_pairs():
+    """SigLIP on N = 2 with cos(x_i, y_j) = [[1, 0], [0.6, 0.8]]: -(1/2) sum_ij log sigmoid(z_ij (t c_ij + b))."""
+    x = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    t, b = 10.0, -10.0
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    # pairs (i, j): (0,0) match, logit 10*1-10 = 0; (0,1) non-match, logit -10; (1,0) non-match, logit
+    # 10*0.6-10 = -4; (1,1) match, logit 10*0.8-10 = -2
+    by_hand = -(math.log(sig(0.0)) + math.log(sig(10.0)) + math.log(sig(4.0)) + math.log(sig(-2.0))) / 2
+    ours = sigmoid_contrastive_loss(x, y, torch.tensor(t, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    assert math.isclose(ours.item(), by_hand, rel_tol=1e-12)
+    assert math.isclose(by_hand, (0.693147 + 0.0000454 + 0.018150 + 2.126928) / 2, abs_tol=1e-5)
+
+
+def test_the_sigmoid_objective_uses_the_models_bias_and_siglip_init(sequences):
+    cfg = model_preset("smoke")
+    torch.manual_seed(0)
+    model = CoCa(cfg, contrastive_loss="sigmoid").double()
+    assert math.isclose(model.logit_scale.item(), math.log(10), rel_tol=1e-7) and model.logit_bias.item() == -10.0
+    seq = sequences(cfg, [2, 5, 8, 1])
+    out = model(torch.randn(4, 3, 32, 32, dtype=torch.float64), seq[:, :-1])
+    assert out["logit_scale"].item() == pytest.approx(10.0) and out["logit_bias"].item() == -10.0
+    loss = CoCaLoss(2.0, 1.0, cfg.tokens, contrastive="sigmoid")(out, seq[:, 1:])
+    x, y = out["image_embed"].detach().tolist(), out["text_embed"].detach().tolist()
+    scale, bias = out["logit_scale"].item(), out["logit_bias"].item()
+    by_hand = 0.0
+    for i in range(4):
+        for j in range(4):
+            z = 1 if i == j else -1
+            logit = scale * sum(p * q for p, q in zip(x[i], y[j])) + bias
+            by_hand -= math.log(1 / (1 + math.exp(-z * logit)))
+    assert math.isclose(loss["contrastive_loss"].item(), by_hand / 4, rel_tol=1e-9)
+    loss["loss"].backward()
+    assert model.logit_bias.grad is not None and float(model.logit_bias.grad) != 0.0
+    decay, no_decay = model.optimizer_param_groups(0.1)
+    assert any(p is model.logit_bias for p in no_decay["params"])
+    # the softmax objective on a softmax model is today's: no bias, CLIP's init
+    plain = CoCa(cfg)
+    assert plain.logit_bias is None and "logit_bias" not in dict(plain.named_parameters())
+    assert math.isclose(plain.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-7)
+    with pytest.raises(ValueError, match="logit_bias"):
+        CoCaLoss(1.0, 1.0, cfg.tokens, contrastive="sigmoid")(plain(torch.randn(4, 3, 32, 32), seq[:, :-1]),
+                                                               seq[:, 1:])

@@ -151,3 +151,43 @@ def test_another_reference_design(grid, tmp_path) -> None:
     assert base["paired_difference"]["contrastive_loss"]["mean"] == pytest.approx(-0.5)  # 1.0 against 1.5
     with pytest.raises(SystemExit, match="--reference 'rmsnorm-gelu': expected baseline, grr or <norm>-<ffn>-<pos>"):
         main(["compare", "--tracking-uri", grid["uri"], "--out", str(tmp_path), "--reference", "rmsnorm-gelu"])
+
+
+def test_the_new_switches_are_factors_old_runs_at_their_defaults() -> None:
+    """`model.text.ffn`, `train.contrastive_loss`, `finetune.mode` and `finetune.freeze` are factors when
+    runs differ in them; a run logged before they existed counts at the default (today's model), and
+    the consequences (trainable counts) are no factors of their own."""
+    from types import SimpleNamespace
+
+    from pipeline.report.groups import SWITCH_DEFAULTS, group_runs
+
+    def run(rid: str, seed: int, **params) -> SimpleNamespace:
+        tags = dict(zip(("vit.norm", "vit.ffn", "vit.pos"), BUNDLES["grr"]))
+        logged = {"train.seed": str(seed), "pretrain.epochs": "8", **tags, **params}
+        return SimpleNamespace(info=SimpleNamespace(run_id=rid), data=SimpleNamespace(params=logged, tags=tags))
+
+    new = {"model.text.ffn": "geglu", "train.contrastive_loss": "softmax", "finetune.mode": "full",
+           "finetune.freeze": "[]", "run.trainable_params": "100", "run.trainable_fraction": "1.0"}
+    assert {k: new[k] for k in SWITCH_DEFAULTS} == SWITCH_DEFAULTS  # what the trainer logs by default
+    runs = [run("old", 0),  # before the switches: no such params
+            run("today", 1, **new),
+            run("swiglu", 0, **{**new, "model.text.ffn": "swiglu"}),
+            run("sigmoid", 0, **{**new, "train.contrastive_loss": "sigmoid"}),
+            run("adapter", 0, **{**new, "finetune.mode": "adapter", "run.trainable_params": "5"}),
+            run("frozen", 0, **{**new, "finetune.freeze": "['vit']", "run.trainable_fraction": "0.6"})]
+    factors, groups = group_runs(runs)
+    assert factors == ["finetune.freeze", "finetune.mode", "model.text.ffn", "train.contrastive_loss"]
+    by_label = {g.label: sorted(r.info.run_id for r in g.runs.values()) for g in groups}
+    assert by_label == {
+        "freeze=[], mode=full, ffn=geglu, contrastive_loss=softmax": ["old", "today"],  # seeds 0 and 1
+        "freeze=[], mode=full, ffn=swiglu, contrastive_loss=softmax": ["swiglu"],
+        "freeze=[], mode=full, ffn=geglu, contrastive_loss=sigmoid": ["sigmoid"],
+        "freeze=[], mode=adapter, ffn=geglu, contrastive_loss=softmax": ["adapter"],
+        "freeze=['vit'], mode=full, ffn=geglu, contrastive_loss=softmax": ["frozen"]}
+    # beside a differing ViT feed-forward the text one is named by its section
+    swiglu_vit = run("vit-swiglu", 0, **new)
+    swiglu_vit.data.tags = swiglu_vit.data.params = {**swiglu_vit.data.params, "vit.ffn": "swiglu"}
+    factors, groups = group_runs([run("a", 0, **new), run("b", 0, **{**new, "model.text.ffn": "swiglu"}), swiglu_vit])
+    assert factors == ["vit.ffn", "model.text.ffn"]
+    assert {g.label for g in groups} == {"ffn=geglu, text.ffn=geglu (grr)", "ffn=geglu, text.ffn=swiglu (grr)",
+                                         "ffn=swiglu, text.ffn=geglu"}

@@ -247,3 +247,27 @@ def test_train_compile_runs_on_the_cpu_and_matches_eager(tmp_path, data, mlflow_
     moved = max((compiled[k] - eager[k]).abs().max().item() for k in eager)
     assert moved < 1e-3, f"compiled and eager weights differ by up to {moved}"
     assert math.isfinite(final["coca_loss"])
+
+
+def test_adapter_finetune_trains_the_adapter_alone_and_its_checkpoint_says_so(tmp_path, data, pretrained,
+                                                                              mlflow_env, capsys):
+    """`finetune.mode: adapter` from a pre-trained checkpoint without an adapter: every pre-trained
+    weight comes out as it went in, the adapter has trained, the checkpoint records the adapter and
+    rebuilds it, and the trainable count is printed and logged."""
+    from pipeline.checkpoint import load_model
+
+    work, _ = pretrained
+    spec = RunSpec("finetune", "mscoco", data / "mscoco/train", data / "mscoco/val", tmp_path / "out",
+                   tmp_path / "state", tmp_path / "finetune.json", tmp_path / "finetune_val.tsv",
+                   init=work / "out/final.pt", repo=tmp_path)
+    train(build_cfg(finetune={"mode": "adapter", "epochs": 1, "lr_max": 1e-3, "lr_min": 1e-4}), spec)
+    init = torch.load(work / "out/final.pt", weights_only=True)["model"]
+    out = load_model(tmp_path / "out/final.pt")
+    assert out.options == {"contrastive_loss": "softmax", "adapter": True}
+    assert all(torch.equal(out.weights[k], v) for k, v in init.items())
+    assert out.weights["adapter.up.weight"].any() and out.build().adapter is not None
+    adapter_params = sum(v.numel() for k, v in out.weights.items() if k.startswith("adapter."))
+    run_id = torch.load(tmp_path / "out/final.pt", weights_only=True)["mlflow_run_id"]
+    params = client(mlflow_env).get_run(run_id).data.params
+    assert params["finetune.mode"] == "adapter" and int(params["run.trainable_params"]) == adapter_params
+    assert f"trainable parameters: {adapter_params:,} of" in capsys.readouterr().out
