@@ -199,6 +199,15 @@ def plan_epoch(manifest: Manifest, seed: int, epoch: int, streams: int) -> list[
     return [StreamPlan(files, streams, s, len(range(s, total, streams))) for s in range(streams)]
 
 
+def stack_for_transfer(images: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, straight into shared memory in a DataLoader worker (as PyTorch's default_collate
+    does): sending the batch to the main process then copies nothing more."""
+    if get_worker_info() is None:
+        return torch.stack(images)
+    out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype).share_memory_()
+    return torch.stack(images, out=out)
+
+
 def augment_seed(seed: int, epoch: int, stream: int, position: int) -> int:
     """The seed of one training sample's augmentation: a function of where it is in the epoch."""
     return random.Random(f"augment:{seed}:{epoch}:{stream}:{position}").getrandbits(63)
@@ -266,7 +275,7 @@ class _TrainChunks(IterableDataset):
                         image = lo.augment(image, augment_seed(lo.seed, self.epoch, s, pos[s]))
                     images.append(image)
                     tokens.append(tok)
-                yield {"k": k, "s": s, "images": torch.stack(images), "tokens": torch.stack(tokens),
+                yield {"k": k, "s": s, "images": stack_for_transfer(images), "tokens": torch.stack(tokens),
                        "pos": pos[s], "corrupt": bad[s]}
 
 
@@ -367,7 +376,7 @@ class TrainLoader:
                     self.positions[c["s"]], self.corrupt[c["s"]] = c["pos"], c["corrupt"]
                 self.micro += 1
                 seq = torch.cat([c["tokens"] for c in chunks])
-                yield Batch(torch.cat([c["images"] for c in chunks]),
+                yield Batch(chunks[0]["images"] if len(chunks) == 1 else torch.cat([c["images"] for c in chunks]),
                             seq[:, :-1].contiguous(), seq[:, 1:].contiguous())
 
 
