@@ -11,6 +11,9 @@ Only process 0 tracks; the others get a `NullTracker`. What a tracker is told:
 MLflow: tracking URI = $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db with artifacts in
 <repo>/mlartifacts, where <repo> is the original repository even inside a `dvc exp run --temp` or
 `--queue` copy (<repo>/.dvc/tmp/exps/...). Experiment `grr-coca`; a resumed run continues its run.
+A stage never waits on MLflow: its records go to a `Spool` on disk (<state dir>/tracking) that a
+background thread sends, so a tracking server that is down costs telemetry at most; what is still
+there when the stage ends is sent by `grr-coca tracking-sync` (`sync` below) or the stage's next run.
 """
 
 from __future__ import annotations
@@ -334,8 +337,8 @@ class MLflowBackend:
         the server is down)."""
         if any(r["key"] == run_id for r in self.spool.records()):
             return True
-        if self.client is None:
-            return True
+        if self.client is None or (self.attach and run_id.startswith("offline-")):
+            return True  # an evaluation's records wait until the training's spool has created the run
         try:
             if run_id.startswith("offline-"):
                 return bool(_find_offline_run(self.client, run_id))
