@@ -25,6 +25,7 @@ from pipeline.progress import Pace
 from pipeline.tracking import NullTracker, repo_root, run_description, start_run
 
 from . import early_stopping as es
+from . import fault
 from .optim import build_optimizer, set_lr
 from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, barrier, broadcast_object,
                           effective_precision, init_distributed, no_sync, parallelize)
@@ -132,6 +133,7 @@ class Trainer:
                 st.step += 1
                 st.step_in_epoch += 1
                 self.tracker.log_train(st.step, metrics)
+                fault.exit_if_due(st.step, d.rank)  # a test's injected crash (unset: nothing)
                 if st.step % tcfg.log_every_steps == 0 or st.step_in_epoch == steps:
                     self.tracker.flush()
                     log(d, f"epoch {st.epoch + 1}/{self.phase.epochs} step {st.step_in_epoch}/{steps} (total "
