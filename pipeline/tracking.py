@@ -99,6 +99,7 @@ OFFLINE_TAG = "grr_coca.offline_key"  # a run created from a spool names its spo
 # of retries (MLflow's default: 7 retries with exponential back-off); the spool retries instead.
 HTTP_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 RETRY_AFTER_S = 2.0  # the sender's pause after a failed call
+FINISH_WAIT_S = 15.0  # at a stage's end, how long to wait for another sender of its spool (tracking-sync)
 REFUSED = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's answers to a record it never takes
 
 
@@ -159,16 +160,22 @@ class Spool:
             _link_or_copy(path, target)
         return str(target.relative_to(self.folder))
 
-    def send(self, uri: str, stop: threading.Event | None = None) -> int:
+    def send(self, uri: str, stop: threading.Event | None = None, wait_s: float = 0.0) -> int:
         """Send the records not sent yet, in order; return how many. The first failure is raised, after
-        the progress so far is saved."""
+        the progress so far is saved. One sender at a time (the stage's, or `grr-coca tracking-sync`
+        beside it): while another sends, wait up to wait_s for it, then send nothing."""
         if not self.journal.exists():
             return 0
         with open(self.folder / ".send.lock", "a") as lock:
-            try:  # one sender at a time: the stage's, or `grr-coca tracking-sync` beside it
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return 0
+                    time.sleep(0.05)
             client, records, state = _client(uri), self.records(), self.state()
             sent = 0
             for record in records[state["lines"]:]:
@@ -397,7 +404,7 @@ class MLflowBackend:
         self.stop.set()
         self.sender.join()
         try:
-            self.spool.send(self.uri)
+            self.spool.send(self.uri, wait_s=FINISH_WAIT_S)
         except Exception as e:  # noqa: BLE001 - the server is down: the spool keeps the records
             print(f"MLflow tracking at {self.uri} cannot be reached ({type(e).__name__}: {str(e)[:200]}): "
                   f"{self.spool.pending()} record(s) of run {self.run_id} are kept in {self.spool.folder}; "
@@ -530,7 +537,7 @@ def sync(folder: Path, uri: str) -> tuple[int, int]:
     spool = Spool(folder)
     if not spool.journal.exists():
         raise FileNotFoundError(f"{folder}: no MLflow spool here (no journal.jsonl)")
-    sent = spool.send(uri)
+    sent = spool.send(uri, wait_s=FINISH_WAIT_S)
     left = spool.pending()
     if left == 0 and not _stage_running(folder.parent):
         spool.remove()
