@@ -77,6 +77,31 @@ def cmd_compare(args: argparse.Namespace) -> None:
                          f"{args.tracking_uri or 'the default tracking store'}: nothing to compare (see {md})")
 
 
+def cmd_tracking_sync(args: argparse.Namespace) -> None:
+    """Send the MLflow records that stages kept on disk while the tracking server was down"""
+    from pipeline.tracking import repo_root, spools, sync, tracking_uri
+
+    uri = args.tracking_uri or tracking_uri(repo_root())
+    folders = [Path(f) for f in args.spools] or spools(repo_root())
+    if not folders:
+        print("grr-coca tracking-sync: no spooled MLflow records (nothing under data/train_state/*/tracking)")
+        return
+    left_over = 0
+    for folder in folders:
+        try:
+            sent, left = sync(folder, uri)
+        except FileNotFoundError as e:
+            raise SystemExit(f"grr-coca tracking-sync: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the server is still down: the records stay
+            sent, left = 0, None
+            print(f"{folder}: MLflow tracking at {uri} cannot be reached ({type(e).__name__}: {str(e)[:200]})")
+        if left is not None:
+            print(f"{folder}: {sent} record(s) sent to {uri}, {left} left")
+        left_over += 1 if left is None or left else 0
+    if left_over:
+        raise SystemExit(f"grr-coca tracking-sync: {left_over} spool(s) still hold records; run it again later")
+
+
 def resolve_checkpoint(args: argparse.Namespace) -> str:
     """--checkpoint as given, or --run's final checkpoint fetched from MLflow."""
     if args.checkpoint:
@@ -183,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ViT design every group's paired differences are taken against: baseline, grr or "
                         "<norm>-<ffn>-<pos>, e.g. rmsnorm-gelu-sincos (default: %(default)s)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tracking-sync", help=cmd_tracking_sync.__doc__)
+    p.add_argument("spools", nargs="*", metavar="SPOOL",
+                   help="spool folders (default: every data/train_state/*/tracking of this repository)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    p.set_defaults(func=cmd_tracking_sync)
 
     p = sub.add_parser("caption", help=cmd_caption.__doc__)
     p.add_argument("images", nargs="+")

@@ -96,6 +96,9 @@ class DownloadConfig:
     timeout: int  # seconds per request
     retries: int  # img2dataset's retries per URL
     distributor: Literal["multiprocessing", "pyspark", "ray"]
+    # pyspark: Spark's driver memory (local mode runs the executors in the driver's JVM); img2dataset
+    # would start a 16g one. A JVM size: digits and k, m, g or t.
+    spark_driver_memory: str
     retry_failed_passes: int  # after the main pass, re-download only the rows that failed, N times
 
     def __post_init__(self) -> None:
@@ -106,6 +109,9 @@ class DownloadConfig:
         check_bool(self, p, "resize_only_if_bigger")
         check_choice(self, p, "encode_format", ("jpg", "png", "webp"))
         check_choice(self, p, "distributor", ("multiprocessing", "pyspark", "ray"))
+        if not isinstance(self.spark_driver_memory, str) or not re.fullmatch(r"[1-9][0-9]*[kmgt]",
+                                                                             self.spark_driver_memory.lower()):
+            fail(f"{p}.spark_driver_memory", self.spark_driver_memory, "a JVM memory size such as 2g or 512m")
         if self.encode_format == "png":
             check_ints(self, p, ("encode_quality",), minimum=0, maximum=9)
         else:

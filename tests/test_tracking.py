@@ -5,6 +5,18 @@ import yaml
 from pipeline.tracking import dvc_hashes, repo_root, tracking_uri
 
 
+def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    """`condition()` becomes true within the timeout (the spool's sender works in the background)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_repo_root_of_a_dvc_experiment_copy_is_the_original(tmp_path):
     copy = tmp_path / "repo/.dvc/tmp/exps/tmpabc123"
     copy.mkdir(parents=True)
@@ -63,7 +75,7 @@ def test_evaluation_attaches_to_the_training_run_without_changing_its_status(tmp
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {"model.encoder": "grr"}, None,
-                    tmp_path / "pretrain.json")
+                    tmp_path / "pretrain.json", state_dir=tmp_path / "state")
     run.log_final(3, {"coca_loss": 1.5}, [])
     run.finish("FINISHED")
     evaluation = attach(run.run_id, root=tmp_path, metrics_json=tmp_path / "eval.json")
@@ -86,12 +98,13 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
     from pipeline.tracking import start_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    first = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None)
+    first = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None, state_dir=tmp_path / "state")
     for step in range(1, 6):
         first.log_train(step, {"coca_loss": float(step)})
     first.log_val(4, {"coca_loss": 0.4}, [])
     first.flush()  # killed here: steps 1-5 logged, the checkpoint holds step 2
-    resumed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, first.run_id, None)
+    first.backends[0].stop.set()  # its sender dies with it
+    resumed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, first.run_id, None, state_dir=tmp_path / "state")
     for step in range(3, 8):
         resumed.log_train(step, {"coca_loss": float(step)})
     resumed.log_val(4, {"coca_loss": 0.4}, [])
@@ -108,17 +121,18 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_failed(tmp_path, mon
     from pipeline.tracking import start_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    marker = tmp_path / "state/run.json"
-    killed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None, marker=marker)
+    state = tmp_path / "state"
+    killed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None, state_dir=state)
     # ... killed here: no checkpoint names the run, so the rerun starts a new one
-    rerun = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None, marker=marker)
+    rerun = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, None, None, state_dir=state)
     rerun.finish()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(killed.run_id).info.status == "FAILED"
     assert client.get_run(rerun.run_id).info.status == "FINISHED"
     # a resumed run (the checkpoint names it) is the marked one: nothing else is touched
-    resumed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, rerun.run_id, None, marker=marker)
-    assert resumed.run_id == rerun.run_id and client.get_run(rerun.run_id).info.status == "RUNNING"
+    resumed = start_run(tmp_path, {"mlflow.runName": "pretrain-grr"}, {}, rerun.run_id, None, state_dir=state)
+    resumed.flush()
+    assert resumed.run_id == rerun.run_id and wait_for(lambda: client.get_run(rerun.run_id).info.status == "RUNNING")
 
 
 def test_runs_are_named_and_tagged_by_their_vit_design(tmp_path):

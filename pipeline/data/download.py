@@ -247,6 +247,8 @@ def _run_pass(urls_path: Path, pass_dir: Path, cfg: Any) -> None:
     if cfg.distributor != "multiprocessing" and importlib.util.find_spec(cfg.distributor) is None:
         # img2dataset's ray distributor silently does nothing when ray is not installed
         raise DownloadError(f"data.download.distributor: {cfg.distributor!r} needs the package {cfg.distributor}")
+    if cfg.distributor == "pyspark":
+        _spark_session(cfg)
     start = time.perf_counter()
     with _img2dataset() as img2dataset_download:
         img2dataset_download(
@@ -272,6 +274,23 @@ def _run_pass(urls_path: Path, pass_dir: Path, cfg: Any) -> None:
             distributor=cfg.distributor,
         )
     log.info("%s: img2dataset pass took %.1f s", pass_dir, time.perf_counter() - start)
+
+
+def _spark_session(cfg: Any):
+    """The Spark session img2dataset's pyspark distributor uses (it makes a 16g one only when none is
+    active): local mode with processes_count cores and data.download.spark_driver_memory. Spark starts
+    its Python workers with `python3` from PATH, which outside an activated venv lacks img2dataset:
+    they get this interpreter instead (set before the JVM starts, which reads them)."""
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    return (SparkSession.builder.master(f"local[{cfg.processes_count}]").appName("grr-coca download")
+            .config("spark.driver.memory", cfg.spark_driver_memory)
+            .config("spark.ui.enabled", "false")  # no web UI port per download
+            .getOrCreate())
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from pipeline.progress import Pace
 from pipeline.tracking import NullTracker, repo_root, run_description, start_run
 
 from . import early_stopping as es
+from . import fault
 from .optim import build_optimizer, freeze_parts, set_lr
 from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, barrier, broadcast_object,
                           effective_precision, init_distributed, no_sync, parallelize)
@@ -117,7 +118,8 @@ class Trainer:
         return outcome == "resumed"
 
     def _start_tracking(self) -> None:
-        """Process 0 opens (or continues) the MLflow run; an error there stops every process."""
+        """Process 0 opens (or continues) the MLflow run; an error there stops every process. A tracking
+        server that is down is no error: the run is spooled (pipeline/tracking.py)."""
         error, d = None, self.d
         extra = {"run.global_batch_size": self.global_batch, "run.data_streams": self.loader.streams,
                  "run.precision": effective_precision(self.tcfg, d.device),
@@ -126,7 +128,7 @@ class Trainer:
             if d.is_main:
                 tags, params = run_description(self.cfg, self.spec, self.init_meta, d.world_size, d.device.type, extra)
                 self.tracker = start_run(repo_root(self.spec.repo), tags, params, self.state.run_id,
-                                         self.spec.metrics_json, self.spec.val_tsv, self.spec.state_dir / "run.json")
+                                         self.spec.metrics_json, self.spec.val_tsv, state_dir=self.spec.state_dir)
         except Exception as e:  # noqa: BLE001 - reported to every process, then raised
             error = str(e)
         error, self.state.run_id = broadcast_object((error, self.tracker.run_id))
@@ -143,6 +145,7 @@ class Trainer:
                 st.step += 1
                 st.step_in_epoch += 1
                 self.tracker.log_train(st.step, metrics)
+                fault.exit_if_due(st.step, d.rank)  # a test's injected crash (unset: nothing)
                 if st.step % tcfg.log_every_steps == 0 or st.step_in_epoch == steps:
                     self.tracker.flush()
                     log(d, f"epoch {st.epoch + 1}/{self.phase.epochs} step {st.step_in_epoch}/{steps} (total "
@@ -232,7 +235,7 @@ class Trainer:
         log(self.d, f"validation ({kind}, step {st.step}): " + " ".join(f"{k} {v:.4g}" for k, v in val.items()))
         return val
 
-    def _save_last(self) -> None:  # metrics first: every step a checkpoint covers is in MLflow
+    def _save_last(self) -> None:  # metrics first: every step a checkpoint covers is in the spool, on disk
         self.tracker.flush()
         self.ckpt.save()
 

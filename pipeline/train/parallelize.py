@@ -51,8 +51,13 @@ def init_distributed(cfg: TrainConfig) -> Dist:
         local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // local_procs))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
-                                device_id=device if use_cuda else None)
+        timeout = datetime.timedelta(minutes=30)
+        store, rank, world = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        # After an elastic restart (`torchrun --max-restarts`) the launcher's store still holds the dead
+        # workers' addresses: a key prefix per restart keeps the new group from dialling them.
+        store = dist.PrefixStore(f"restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
+                                timeout=timeout, device_id=device if use_cuda else None)
     return Dist(rank, world, local_rank, device)
 
 

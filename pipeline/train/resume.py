@@ -14,6 +14,7 @@ another fingerprint is left alone until the new run writes its first checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.io import atomic_write, write_json
+from pipeline.tracking import SPOOL
 
 from .parallelize import all_gather_object, barrier, broadcast_object
 
@@ -212,5 +214,14 @@ class Checkpointer:
         self.lock.release()
 
     def clear(self) -> None:
-        """After a finished run: the next run of the stage starts afresh."""
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        """After a finished run: the next run of the stage starts afresh. The MLflow spool stays until
+        its records are sent (it removes itself, and then the emptied state directory)."""
+        for path in self.state_dir.iterdir() if self.state_dir.is_dir() else []:
+            if path.name == SPOOL:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()

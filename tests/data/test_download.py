@@ -33,6 +33,7 @@ CFG = DownloadConfig(
     timeout=5,
     retries=0,
     distributor="multiprocessing",
+    spark_driver_memory="1g",
     retry_failed_passes=0,
 )
 
@@ -298,3 +299,44 @@ def test_downloads_are_incremental_per_row_counted_at_the_server(tmp_path, image
     assert sum(hits.values()) == 0 and (report["rows"], report["success"]) == (4, 4)
     assert sorted(dl.successful_samples(out)["image_id"]) == ["0", "1", "2", "3"]
     assert dl._passes(out) == ["main"]  # add-01 held only removed rows: deleted
+
+
+@pytest.mark.slow
+def test_pyspark_downloads_the_same_samples_as_multiprocessing(tmp_path, image_server, monkeypatch):
+    """distributor: pyspark runs img2dataset in Spark local mode, with this interpreter for Spark's
+    Python workers even when the venv is not on PATH (they once started `python3` and failed with
+    `No module named 'img2dataset'`): the same keys, captions and image bytes as multiprocessing."""
+    import dataclasses
+    import tarfile
+
+    root, base, hits = image_server
+    for i in range(6):
+        (root / f"{i}.jpg").write_bytes(jpeg_bytes(40 + i, 30, (20 * i, 100, 50)))
+    rows = pd.DataFrame([{"url": f"{base}/{i}.jpg", "caption": f"caption {i}", "captions": json.dumps([f"caption {i}"]),
+                          "image_id": str(i), "split": ""} for i in range(6)] +
+                        [{"url": f"{base}/missing.jpg", "caption": "gone", "captions": "[]", "image_id": "6", "split": ""}])
+
+    def members(out: Path) -> dict[str, bytes]:
+        found = {}
+        for tar in sorted(out.glob("main/*.tar")):
+            with tarfile.open(tar) as t:
+                for m in t.getmembers():
+                    if m.name.endswith((".jpg", ".txt")):
+                        found[m.name] = t.extractfile(m).read()
+        return found
+
+    with_processes = dl.download("cc12m", rows, tmp_path / "mp", CFG)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no venv on PATH: Spark's default `python3` lacks img2dataset
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    monkeypatch.delenv("PYSPARK_DRIVER_PYTHON", raising=False)
+    with_spark = dl.download("cc12m", rows, tmp_path / "spark", dataclasses.replace(CFG, distributor="pyspark",
+                                                                                  processes_count=2))
+    assert with_spark == with_processes and with_spark["success"] == 6 and with_spark["failed"] == 1
+    spark_samples, mp_samples = dl.successful_samples(tmp_path / "spark"), dl.successful_samples(tmp_path / "mp")
+    assert spark_samples.drop(columns="tar").equals(mp_samples.drop(columns="tar"))
+    assert members(tmp_path / "spark") == members(tmp_path / "mp") and len(members(tmp_path / "mp")) == 12
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    assert session.conf.get("spark.driver.memory") == "1g"
+    session.stop()

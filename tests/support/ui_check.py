@@ -71,13 +71,14 @@ def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, artifact_root: Path, start_timeout_s: float = 60.0,
-                  log_path: Path | None = None) -> Iterator[str]:
-    """Run `mlflow server` (the interpreter's own) on 127.0.0.1 and a free port; yield its base URL once
-    /health answers. The server and all its workers are stopped on exit, whatever happens."""
+                  log_path: Path | None = None, port: int | None = None, grace_s: float = 15.0) -> Iterator[str]:
+    """Run `mlflow server` (the interpreter's own) on 127.0.0.1 and `port` (default: a free one); yield
+    its base URL once /health answers. The server and all its workers are stopped on exit, whatever
+    happens (SIGTERM, SIGKILL after grace_s; grace_s=0: killed at once, as in a crash)."""
     mlflow_exe = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_exe) if mlflow_exe.exists() else "mlflow", "server", "--backend-store-uri", backend_uri,
            "--default-artifact-root", Path(artifact_root).as_uri(), "--artifacts-destination", str(artifact_root),
-           "--host", "127.0.0.1", "--port", str(port := free_port()), "--workers", "1"]
+           "--host", "127.0.0.1", "--port", str(port := port or free_port()), "--workers", "1"]
     log_path = Path(log_path or tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")[1])
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(artifact_root).parent,
@@ -100,7 +101,7 @@ def mlflow_server(backend_uri: str, artifact_root: Path, start_timeout_s: float 
             time.sleep(0.5)
         yield base
     finally:
-        _stop(proc)
+        _stop(proc, grace_s)
 
 
 def _tail(path: Path, chars: int = 3000) -> str:

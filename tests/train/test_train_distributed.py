@@ -160,3 +160,60 @@ def test_a_process_group_kill_leaves_no_orphans_and_the_rerun_resumes_bitwise(tm
     ours = torch.load(tmp_path / "out/final.pt", weights_only=True)["model"]
     reference = torch.load(two_processes / "out/final.pt", weights_only=True)["model"]
     assert all(torch.equal(ours[name], tensor) for name, tensor in reference.items())
+
+
+def _torchrun(work: Path, data: Path, params: Path, *flags: str) -> list[str]:
+    """The stage command with other torchrun flags than --standalone."""
+    cmd = stage_command(work, data, 1, params)
+    at = cmd.index("--standalone")
+    return [*cmd[:at], *flags, *cmd[at + 2:]]  # --standalone and --nproc_per_node replaced
+
+
+def _same_weights(work: Path, reference: Path) -> None:
+    ours = torch.load(work / "out/final.pt", weights_only=True)["model"]
+    theirs = torch.load(reference / "out/final.pt", weights_only=True)["model"]
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+
+
+def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path, data, mlflow_uri, two_processes):
+    """Two torchrun launchers (`--nnodes=2`, one process each) meeting at a c10d rendezvous on
+    127.0.0.1 train to the same weights, bitwise, as one launcher with two processes."""
+    from support.ui_check import free_port
+
+    params = write_params(tmp_path / "params.yaml", **TWO)
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen(_torchrun(tmp_path, data, params, "--nnodes=2", "--nproc_per_node=1",
+                                        "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=two-nodes",
+                                        f"--rdzv_conf=is_host={str(node == 0).lower()}"),
+                              cwd=tmp_path, env=stage_env(mlflow_uri), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-3000:]
+    assert "2 process(es)" in outputs[0] + outputs[1]
+    _same_weights(tmp_path, two_processes)
+
+
+def test_an_elastic_restart_after_a_worker_dies_reaches_the_same_weights(tmp_path, data, mlflow_uri, two_processes):
+    """Process 1 exits after step 5 (once: a marker file records it); torchrun (`--max-restarts=1`)
+    restarts both processes, which resume from the last checkpoint and end bitwise where an
+    uninterrupted run ends, in the same MLflow run with each step once."""
+    params = write_params(tmp_path / "params.yaml", **{**TWO, "ckpt_every_steps": 2})
+    marker = tmp_path / "fault-done"
+    env = {**stage_env(mlflow_uri), "GRR_COCA_FAULT_STEP": "5", "GRR_COCA_FAULT_RANK": "1",
+           "GRR_COCA_FAULT_MARKER": str(marker)}
+    run = subprocess.run(_torchrun(tmp_path, data, params, "--standalone", "--nproc_per_node=2", "--max-restarts=1"),
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert marker.exists() and "fault injected: process 1 exits after step 5" in output
+    assert f"resuming from {tmp_path / 'state/last.pt'}: epoch 1, step 4" in output  # the last checkpoint
+    _same_weights(tmp_path, two_processes)
+    rid = run_id(tmp_path)
+    assert [s for s, _ in history(mlflow_uri, rid, "train/coca_loss")] == list(range(1, 9))

@@ -140,10 +140,34 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
     assert not (tmp_path / "out/final.pt").exists()
 
 
-def test_unreachable_tracking_server_stops_with_its_uri(tmp_path, data, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    with pytest.raises(RuntimeError, match=r"MLflow tracking at http://127.0.0.1:9 cannot be reached"):
-        train(build_cfg(), pretrain_spec(data, tmp_path))
+def test_an_unreachable_tracking_server_costs_no_training(tmp_path, data, monkeypatch, capsys):
+    """A run that starts while the server is down trains, keeps its records in the state directory's
+    spool, and `tracking-sync` later sends them all: the same run, every step once, its artifacts."""
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    final = train(build_cfg(), pretrain_spec(data, tmp_path))
+    out = capsys.readouterr().out
+    assert "MLflow tracking at http://127.0.0.1:9 cannot be reached" in out
+    spool = tmp_path / "state/tracking"
+    assert f"grr-coca tracking-sync {spool}" in out
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["tracking"]  # the checkpoints are gone
+    key = torch.load(tmp_path / "out/final.pt", weights_only=True)["mlflow_run_id"]
+    assert key.startswith("offline-")
+
+    uri = f"sqlite:///{tmp_path / 'later.db'}"  # the server, back (here: another store)
+    main(["tracking-sync", str(spool), "--tracking-uri", uri])
+    assert not (tmp_path / "state").exists()  # all sent: the spool and its state directory are gone
+    from pipeline.tracking import OFFLINE_TAG
+
+    (run,) = client(uri).search_runs([client(uri).get_experiment_by_name("grr-coca").experiment_id])
+    assert run.data.tags[OFFLINE_TAG] == key and run.info.status == "FINISHED"
+    assert run.info.run_name == "pretrain-grr" and run.data.params["train.micro_batch_size"] == "4"
+    steps = [m.step for m in client(uri).get_metric_history(run.info.run_id, "train/coca_loss")]
+    assert sorted(steps) == list(range(1, final["steps_run"] + 1))
+    assert run.data.metrics["final/coca_loss"] == final["coca_loss"]
+    artifacts = {a.path for a in client(uri).list_artifacts(run.info.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/best.pt", "checkpoints/final.pt"}
 
 
 def test_state_of_another_configuration_is_not_resumed(tmp_path, data, mlflow_env, monkeypatch, capsys):
