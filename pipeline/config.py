@@ -212,6 +212,20 @@ class EvaluateConfig:
         if self.max_length and self.min_length >= self.max_length:
             fail("evaluate.min_length", self.min_length, f"less than evaluate.max_length ({self.max_length})")
 
+    def describe(self) -> str:
+        """The generation settings in a few words, for titles: "beam 3", "sample, T 0.7, top-p 0.9, seed 0"."""
+        if self.method == "beam":
+            words = [f"beam {self.num_beams}"]
+        elif self.method == "greedy":
+            words = ["greedy"]
+        else:
+            words = ["sample", f"T {self.temperature:g}"] + ([f"top-k {self.top_k}"] if self.top_k else []) + (
+                [f"top-p {self.top_p:g}"] if self.top_p < 1 else []) + [f"seed {self.seed}"]
+        words += [f"min length {self.min_length}"] if self.min_length else []
+        words += [f"max length {self.max_length}"] if self.max_length else []
+        words += [f"repetition penalty {self.repetition_penalty:g}"] if self.repetition_penalty != 1 else []
+        return ", ".join(words)
+
     def generation(self) -> dict[str, Any]:
         """The keyword arguments of pipeline.model.generate.generate for these settings."""
         return {"method": self.method, "num_beams": self.num_beams, "temperature": self.temperature,

@@ -26,6 +26,16 @@ from pipeline.evaluate.inference import LoadedModel, embed_texts
 from pipeline.progress import Pace
 
 
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data" / "templates"
+
+
+def templates_path(name: str | Path) -> Path:
+    """A templates file: the path itself when it exists, else a shipped set by name (imagenet, demo)."""
+    path = Path(name)
+    shipped = TEMPLATES_DIR / f"{name}.txt"
+    return shipped if not path.exists() and shipped.is_file() else path
+
+
 def read_templates(path: str | Path) -> list[str]:
     """The prompt templates of a file: one per line, each with exactly one `{}`; `#` lines and blank
     lines are skipped."""
