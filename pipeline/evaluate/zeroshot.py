@@ -30,10 +30,13 @@ TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data" / "templates"
 
 
 def templates_path(name: str | Path) -> Path:
-    """A templates file: the path itself when it exists, else a shipped set by name (imagenet, demo)."""
+    """A templates file: the path itself when it exists, else a shipped set by name (imagenet, demo),
+    else the path inside this repository (the presets' pipeline/data/templates/...)."""
     path = Path(name)
-    shipped = TEMPLATES_DIR / f"{name}.txt"
-    return shipped if not path.exists() and shipped.is_file() else path
+    for candidate in (path, TEMPLATES_DIR / f"{name}.txt", TEMPLATES_DIR.parents[2] / path):  # as given, by name, in the repository
+        if candidate.is_file():
+            return candidate
+    return path
 
 
 def read_templates(path: str | Path) -> list[str]:
@@ -94,10 +97,12 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
 
 
 def zeroshot_classify(loaded: LoadedModel, data: ClassificationSet, templates: list[str],
-                      batch_size: int = 32) -> dict[str, float]:
-    """Zero-shot top-1 / top-5 / mean per-class accuracy of `loaded` on a classification set."""
+                      batch_size: int = 32, image_embeds: torch.Tensor | None = None) -> dict[str, float]:
+    """Zero-shot top-1 / top-5 / mean per-class accuracy of `loaded` on a classification set
+    (`image_embeds`: the set's normalised image embeddings, when already computed)."""
     classes = class_embeddings(loaded, data.class_names, templates)
-    images = image_embeddings(loaded, data.paths, batch_size, "images to classify")
+    images = image_embeds if image_embeds is not None else image_embeddings(loaded, data.paths, batch_size,
+                                                                           "images to classify")
     scores = topk_accuracy(images @ classes.T, torch.tensor(data.labels), ks=(1, min(5, len(data.class_names))))
     if "top5" not in scores:  # fewer than 5 classes: top-5 is certain
         scores["top5"] = 100.0
