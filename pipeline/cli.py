@@ -130,8 +130,37 @@ def cmd_caption(args: argparse.Namespace) -> None:
     except CheckpointError as e:
         raise SystemExit(f"grr-coca caption: {e}") from None
     print(f"grr-coca caption: {loaded.describe()}", file=sys.stderr)  # stdout stays path<TAB>caption
-    for path, caption in zip(args.images, caption_images(loaded, images, args.method, args.beams)):
+    options = {"min_length": args.min_length, "repetition_penalty": args.repetition_penalty,
+               "max_length": args.max_length + 1 if args.max_length else None,  # generate counts BOS
+               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    try:
+        captions = caption_images(loaded, images, args.method, args.beams, **options)
+    except ValueError as e:  # a value out of range (temperature 0, top-p 2, ...)
+        raise SystemExit(f"grr-coca caption: {e}") from None
+    for path, caption in zip(args.images, captions):
         print(f"{path}\t{caption}")
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    """Zero-shot classification of images among labels you name (prompt templates averaged, CLIP-style)."""
+    from pipeline.data.sources import SourceError
+    from pipeline.evaluate.inference import CheckpointError, load_checkpoint, pick_device
+    from pipeline.evaluate.zeroshot import classify_images, read_templates, templates_path
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise SystemExit(f"grr-coca classify: --labels needs two or more different comma-separated labels, got {args.labels!r}")
+    try:
+        templates = read_templates(templates_path(args.templates)) if args.templates else ["{}"]
+        loaded = load_checkpoint(resolve_checkpoint(args), device=pick_device(args.device))
+        images = loaded.load_images(args.images)
+    except (CheckpointError, SourceError) as e:
+        raise SystemExit(f"grr-coca classify: {e}") from None
+    print(f"grr-coca classify: {loaded.describe()}; {len(templates)} template(s)", file=sys.stderr)
+    probs = classify_images(loaded, images, labels, templates)
+    for path, row in zip(args.images, probs):
+        best = row.argsort(descending=True)[: args.top].tolist()
+        print(f"{path}\t" + "\t".join(f"{labels[i]}\t{float(row[i]):.4f}" for i in best))
 
 
 def cmd_retrieve(args: argparse.Namespace) -> None:
@@ -219,9 +248,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help=cmd_caption.__doc__)
     p.add_argument("images", nargs="+")
     add_model_source(p)
-    p.add_argument("--method", choices=["beam", "greedy"], default="beam")
+    p.add_argument("--method", choices=["beam", "greedy", "sample"], default="beam")
     p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--temperature", type=float, default=1.0, help="sample: logits divided by it")
+    p.add_argument("--top-k", type=int, default=0, help="sample: only the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus, the likeliest tokens up to mass p")
+    p.add_argument("--seed", type=int, default=0, help="sample: the same seed gives the same captions")
+    p.add_argument("--min-length", type=int, default=0, help="tokens before a caption may end")
+    p.add_argument("--max-length", type=int, default=0, help="tokens at most, end included (0: the model's limit)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("classify", help=cmd_classify.__doc__)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--labels", required=True, help="comma-separated class names, e.g. 'red circle,blue square'")
+    p.add_argument("--templates", help="prompt templates: a file (one per line, {} for the label) or a shipped "
+                                       "set (imagenet, demo); default: the label alone")
+    p.add_argument("--top", type=int, default=3, help="labels shown per image, best first")
+    add_model_source(p)
+    p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("retrieve", help=cmd_retrieve.__doc__)
     p.add_argument("--images", required=True, help="a folder of images")

@@ -56,10 +56,16 @@ class DemoDataConfig:
     min_side: int  # generated images have random sizes and aspect ratios in [min_side, max_side]
     max_side: int
     bad_rows_per_kind: int  # per URL list: missing file, not-an-image bytes, truncated JPEG
+    mscoco_karpathy_test_images: int  # Karpathy's dataset_coco.json test split (val2014 layout)
+    classify_classes: int  # the classification set (ImageNet's folder-per-class layout): colour-shape classes
+    classify_images_per_class: int
 
     def __post_init__(self) -> None:
         p = "data.demo"
         check_ints(self, p, ("seed", "flickr30k_test_images", "roco_test", "bad_rows_per_kind"), minimum=0)
+        check_ints(self, p, ("mscoco_karpathy_test_images",), minimum=0)
+        check_ints(self, p, ("classify_classes",), minimum=2, maximum=96)  # 12 colours x 8 shapes
+        check_ints(self, p, ("classify_images_per_class",), minimum=2)  # the probe trains and tests on each class
         check_ints(self, p, ("cc12m_rows", "mscoco_train_images", "mscoco_val_images", "captions_per_image",
                              "flickr30k_train_images", "flickr30k_val_images", "roco_train", "roco_valid"))
         check_ints(self, p, ("min_side",), minimum=16)
@@ -75,10 +81,17 @@ class SourcesConfig:
     flickr30k_json: str  # Karpathy's dataset_flickr30k.json
     flickr30k_images: str
     roco_root: str  # {train,valid,test}_captions.csv + {train,valid,test}/
+    # The standard benchmarks (the benchmark stage; pipeline/data/classify.py, pipeline/evaluate/karpathy.py):
+    coco_karpathy_json: str  # Karpathy's dataset_coco.json (its test split: the MSCOCO 5K test)
+    coco_images: str  # the folder holding val2014/ (and train2014/), as dataset_coco.json's filepath says
+    imagenet_val: str  # ImageNet-1k validation images: a folder per synset, or flat with imagenet_val_labels
+    imagenet_classes: str  # class names, one per line in class-index (sorted synset) order
+    imagenet_val_labels: str | None = None  # flat layout: LOC_val_solution.csv or the devkit's ground truth
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            check_text(self, "data.sources", f.name)
+            if f.name != "imagenet_val_labels" or self.imagenet_val_labels is not None:
+                check_text(self, "data.sources", f.name)
 
 
 @dataclass
@@ -183,10 +196,70 @@ class EvaluateConfig:
     batch_size: int  # images per beam search
     max_images: int  # 0 = every validation image; CC12M's 550k in the paper are subsampled
     samples_to_show: int  # generated captions beside their references, as an MLflow artifact
+    # How captions are generated (pipeline/model/generate.py): beam search (the scores' default),
+    # greedy, or sampling with temperature, top-k and top-p; the length and repetition rules apply to all.
+    method: Literal["beam", "greedy", "sample"]
+    temperature: float  # sample: logits divided by it
+    top_k: int  # sample: only the k likeliest tokens (0: all)
+    top_p: float  # sample: the smallest set of likeliest tokens whose probability reaches p (1.0: all)
+    min_length: int  # no end of caption before this many tokens
+    max_length: int  # tokens per caption at most, end included (0: the model's context length - 1)
+    repetition_penalty: float  # > 1 makes tokens already in the caption less likely (CTRL's rule); 1: off
+    seed: int  # sample: the random draws, so the same seed gives the same captions
 
     def __post_init__(self) -> None:
-        check_ints(self, "evaluate", ("num_beams", "batch_size"))
-        check_ints(self, "evaluate", ("max_images", "samples_to_show"), minimum=0)
+        p = "evaluate"
+        check_ints(self, p, ("num_beams", "batch_size"))
+        check_ints(self, p, ("max_images", "samples_to_show", "top_k", "min_length", "max_length", "seed"), minimum=0)
+        check_choice(self, p, "method", ("beam", "greedy", "sample"))
+        check_number(self, p, "temperature", above=0)
+        check_number(self, p, "top_p", above=0, at_most=1)
+        check_number(self, p, "repetition_penalty", at_least=1)
+        if self.max_length and self.min_length >= self.max_length:
+            fail("evaluate.min_length", self.min_length, f"less than evaluate.max_length ({self.max_length})")
+
+    def describe(self) -> str:
+        """The generation settings in a few words, for titles: "beam 3", "sample, T 0.7, top-p 0.9, seed 0"."""
+        if self.method == "beam":
+            words = [f"beam {self.num_beams}"]
+        elif self.method == "greedy":
+            words = ["greedy"]
+        else:
+            words = ["sample", f"T {self.temperature:g}"] + ([f"top-k {self.top_k}"] if self.top_k else []) + (
+                [f"top-p {self.top_p:g}"] if self.top_p < 1 else []) + [f"seed {self.seed}"]
+        words += [f"min length {self.min_length}"] if self.min_length else []
+        words += [f"max length {self.max_length}"] if self.max_length else []
+        words += [f"repetition penalty {self.repetition_penalty:g}"] if self.repetition_penalty != 1 else []
+        return ", ".join(words)
+
+    def generation(self) -> dict[str, Any]:
+        """The keyword arguments of pipeline.model.generate.generate for these settings."""
+        return {"method": self.method, "num_beams": self.num_beams, "temperature": self.temperature,
+                "top_k": self.top_k, "top_p": self.top_p, "min_length": self.min_length,
+                "max_length": self.max_length + 1 if self.max_length else None,  # generate counts BOS
+                "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+
+
+@dataclass
+class BenchmarkConfig:
+    """The field's standard benchmarks of a trained checkpoint (the benchmark stage): zero-shot
+    classification, the frozen-feature linear probe, Karpathy-test retrieval and captioning."""
+
+    templates: str  # zero-shot prompt templates, one per line with `{}` (pipeline/data/templates/)
+    max_images: int  # classification images used (0: all), the first in file order, for a quick look
+    karpathy_max_images: int  # Karpathy test images per dataset (0: all: 5,000 MSCOCO, 1,000 Flickr30K)
+    batch_size: int  # images per forward pass
+    probe_test_fraction: float  # linear probe: the share of each class's images it is scored on
+    probe_c: float  # scikit-learn LogisticRegression's C (inverse L2 strength)
+    probe_max_iter: int
+
+    def __post_init__(self) -> None:
+        p = "benchmark"
+        check_text(self, p, "templates")
+        check_ints(self, p, ("max_images", "karpathy_max_images"), minimum=0)
+        check_ints(self, p, ("batch_size", "probe_max_iter"))
+        check_number(self, p, "probe_test_fraction", above=0, below=1)
+        check_number(self, p, "probe_c", above=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +276,7 @@ class Config:
     pretrain: PretrainConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
+    benchmark: BenchmarkConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -43,8 +43,8 @@ def main() -> None:
                               f"{loaded.checkpoint.resize_mode!r}, but {args.val} was made with {shards_mode!r}: reshard")
     val = read_validation_set(args.val, cfg.evaluate.max_images, loaded.checkpoint.config.vocab_size)
     metrics, shown = evaluate(loaded, val, cfg.evaluate.num_beams, cfg.evaluate.batch_size,
-                              cfg.evaluate.samples_to_show)
-    write_text(args.samples, samples_markdown(f"{args.name}: generated captions (beam {cfg.evaluate.num_beams})", shown))
+                              cfg.evaluate.samples_to_show, cfg.evaluate.generation())
+    write_text(args.samples, samples_markdown(f"{args.name}: generated captions ({cfg.evaluate.describe()})", shown))
     tracker = attach(loaded.checkpoint.meta.get("mlflow_run_id"), root=repo_root(), metrics_json=Path(args.metrics))
     tracker.log_eval(metrics)
     tracker.log_artifact(args.samples, "eval")

@@ -107,18 +107,22 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
         evaluation = json.loads((repo / f"metrics/eval-{name}.json").read_text())
         assert run_.data.metrics["eval/bleu4"] == evaluation["bleu4"]
         assert 0.0 <= evaluation["t2i_r10"] <= 100.0
+        benchmark = json.loads((repo / f"metrics/benchmark-{name}.json").read_text())
+        for key in ("zeroshot/top1", "probe/top1", "karpathy_mscoco/i2t_r1", "karpathy_flickr30k/cider"):
+            assert run_.data.metrics[f"eval/{key}"] == benchmark[key]
     assert runs["finetune-roco-grr"].data.tags["pretrain_run_id"] == runs["pretrain-grr"].info.run_id
 
     # Nothing reran: every stage is up to date.
     assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
 
-    # A change to beam search reruns every evaluation and nothing else; reverting it makes all clean.
+    # A change to beam search reruns every evaluation and benchmark and nothing else; reverting it makes all clean.
     generate = repo / "pipeline/model/generate.py"
     original = generate.read_text()
     generate.write_text(original + "# a comment\n")
     changed = {line.rstrip(":") for line in run(dvc("status"), repo, env).splitlines()
                if line and not line.startswith(("\t", " "))}
-    assert changed == {f"evaluate@{name}" for name in ("pretrain", "mscoco", "roco", "flickr30k")}, changed
+    assert changed == {f"{stage}@{name}" for stage in ("evaluate", "benchmark")
+                       for name in ("pretrain", "mscoco", "roco", "flickr30k")}, changed
     generate.write_text(original)
     assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
 

@@ -11,6 +11,10 @@ written in the exact on-disk layout of the real dataset, so the real ingest code
     <out_dir>/flickr30k/flickr30k-images/1000092795.jpg ...
     <out_dir>/roco/{train,valid,test}_captions.csv     ID,Caption (Zenodo ROCOv2 layout)
     <out_dir>/roco/{train,valid,test}/ROCOv2_2023_train_000001.jpg ...
+    <out_dir>/mscoco/dataset_coco.json                 Karpathy split file (its test split: the 5K test)
+    <out_dir>/mscoco/val2014/COCO_val2014_000000522418.jpg ...
+    <out_dir>/classify/<colour>_<shape>/*.jpg          classification set, ImageNet's folder-per-class layout
+    <out_dir>/classify/classnames.txt                  its class names, one per line (sorted-folder order)
     <out_dir>/scenes.jsonl                             ground truth of every drawn image (not a real file)
 
 Images are drawn scenes whose captions say what is in them: one to three coloured shapes of two sizes,
@@ -130,12 +134,20 @@ def _image_size(rnd: random.Random, min_side: int, max_side: int) -> tuple[int, 
     return rnd.randint(min_side, max_side), rnd.randint(min_side, max_side)
 
 
-def make_scene(rnd: random.Random, width: int, height: int) -> Scene:
-    """A random scene of one to three shapes laid out in a row or a column."""
-    background = rnd.choice(sorted(BACKGROUNDS))
+def _contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> int:
+    return sum(abs(x - y) for x, y in zip(a, b))
+
+
+def make_scene(rnd: random.Random, width: int, height: int, only: tuple[str, str] | None = None) -> Scene:
+    """A random scene of one to three shapes laid out in a row or a column; with `only` = (shape,
+    colour), that one shape alone (the classification set's images)."""
+    if only is None:
+        background = rnd.choice(sorted(BACKGROUNDS))
+    else:
+        background = rnd.choice([b for b in sorted(BACKGROUNDS) if _contrast(COLORS[only[1]], BACKGROUNDS[b]) > 120])
     bg_rgb = BACKGROUNDS[background]
-    colors = [c for c in COLORS if sum(abs(a - b) for a, b in zip(COLORS[c], bg_rgb)) > 120]
-    n = rnd.choice((1, 2, 2, 3, 3))
+    colors = [c for c in COLORS if _contrast(COLORS[c], bg_rgb) > 120]
+    n = 1 if only else rnd.choice((1, 2, 2, 3, 3))
     ratio = width / height
     layout = "horizontal" if ratio > 1.2 else "vertical" if ratio < 1 / 1.2 else rnd.choice(("horizontal", "vertical"))
     cells = 3 if n == 1 else n
@@ -145,7 +157,7 @@ def make_scene(rnd: random.Random, width: int, height: int) -> Scene:
     kinds: set[tuple[str, str]] = set()
     objects = []
     for slot in slots:
-        shape, color = rnd.choice(SHAPES), rnd.choice(colors)
+        shape, color = only or (rnd.choice(SHAPES), rnd.choice(colors))
         while (shape, color) in kinds:  # distinct objects keep captions unambiguous
             shape, color = rnd.choice(SHAPES), rnd.choice(colors)
         kinds.add((shape, color))
@@ -518,6 +530,60 @@ def _write_flickr30k(cfg: Any, w: _Writer) -> dict[str, Any]:
     return {split: _counts(plan, len(plan) * k) for split, plan in plans.items()}
 
 
+def _write_mscoco_karpathy(cfg: Any, w: _Writer) -> dict[str, Any]:
+    """Karpathy's dataset_coco.json and its images in COCO 2014's layout (val2014/COCO_val2014_<id>.jpg):
+    the test split is the MSCOCO 5K test of the benchmark stage; a few val and restval entries stand in
+    for the rest of the file. Not used for training (the MSCOCO fine-tuning reads the 2017 files)."""
+    rnd = _stream(cfg, "mscoco_karpathy")
+    n_test = cfg.mscoco_karpathy_test_images
+    splits = ["test"] * n_test + ["val", "restval"] * max(1, n_test // 10)
+    rnd.shuffle(splits)  # splits are interleaved in the real file
+    ids = rnd.sample(range(1, 581930), len(splits))
+    k = cfg.captions_per_image
+    images = []
+    for imgid, (split, cocoid) in enumerate(zip(splits, ids)):
+        filename = f"COCO_val2014_{cocoid:012d}.jpg"
+        scene = make_scene(rnd, *_image_size(rnd, cfg.min_side, cfg.max_side))
+        sentences = []
+        for j, caption in enumerate(scene_captions(scene, rnd, k)):
+            raw = _capitalize(caption) + ("." if rnd.random() < 0.7 else "")
+            sentences.append({"tokens": karpathy_tokens(raw), "raw": raw, "imgid": imgid, "sentid": imgid * k + j})
+        images.append({"filepath": "val2014", "sentids": [s["sentid"] for s in sentences], "filename": filename,
+                       "imgid": imgid, "split": split, "sentences": sentences, "cocoid": cocoid})
+        w.image(f"mscoco/val2014/{filename}", draw_scene(scene), _scene_record(scene))
+    doc = {"images": images, "dataset": "coco"}
+    (w.root / "mscoco/dataset_coco.json").write_text(json.dumps(doc), encoding="utf-8")
+    return {split: {"entries": splits.count(split), "good": splits.count(split), "bad": 0,
+                    "captions": splits.count(split) * k} for split in ("test", "val", "restval")}
+
+
+CLASSIFY_DIR = "classify"
+CLASS_NAMES_FILE = "classnames.txt"
+
+
+def classify_classes(cfg: Any) -> list[tuple[str, str]]:
+    """The classification set's (colour, shape) classes, in class-index order (sorted folder names)."""
+    pairs = [(c, s) for c in sorted(COLORS) for s in SHAPES]
+    _stream(cfg, "classify", "classes").shuffle(pairs)
+    return sorted(pairs[: cfg.classify_classes], key=lambda p: f"{p[0]}_{p[1]}")
+
+
+def _write_classify(cfg: Any, w: _Writer) -> dict[str, Any]:
+    """An image-classification set in ImageNet's folder-per-class layout (classify/<colour>_<shape>/*.jpg)
+    with classnames.txt (one name per line, in sorted-folder order, as the ImageNet class-names file):
+    one shape per image, named as the captions name it ("red circle"), on a random background."""
+    rnd = _stream(cfg, "classify")
+    classes = classify_classes(cfg)
+    for color, shape in classes:
+        folder = f"{color}_{shape}"
+        for i in range(cfg.classify_images_per_class):
+            scene = make_scene(rnd, *_image_size(rnd, cfg.min_side, cfg.max_side), only=(shape, color))
+            w.image(f"{CLASSIFY_DIR}/{folder}/{folder}_{i:04d}.jpg", draw_scene(scene), _scene_record(scene))
+    (w.root / CLASSIFY_DIR / CLASS_NAMES_FILE).write_text("".join(f"{c} {s}\n" for c, s in classes), encoding="utf-8")
+    n = len(classes) * cfg.classify_images_per_class
+    return {"all": {"entries": n, "good": n, "bad": 0, "captions": 0, "classes": len(classes)}}
+
+
 def _write_roco(cfg: Any, w: _Writer) -> dict[str, Any]:
     sizes = {"train": (cfg.roco_train, cfg.bad_rows_per_kind), "valid": (cfg.roco_valid, 0), "test": (cfg.roco_test, 0)}
     counts = {}
@@ -553,12 +619,13 @@ def generate_demo(cfg: Any, out_dir: Path) -> dict[str, Any]:
     """
     root = Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    for name in DATASET_DIRS:
+    for name in (*DATASET_DIRS, CLASSIFY_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
     (root / SCENES_FILE).unlink(missing_ok=True)
     w = _Writer(root)
     counts = {"cc12m": _write_cc12m(cfg, w), "mscoco": _write_mscoco(cfg, w),
-              "flickr30k": _write_flickr30k(cfg, w), "roco": _write_roco(cfg, w)}
+              "flickr30k": _write_flickr30k(cfg, w), "roco": _write_roco(cfg, w),
+              "mscoco_karpathy": _write_mscoco_karpathy(cfg, w), "classify": _write_classify(cfg, w)}
     with open(root / SCENES_FILE, "w", encoding="utf-8", newline="") as f:
         for record in w.scenes:
             f.write(json.dumps(record) + "\n")
@@ -572,6 +639,10 @@ def generate_demo(cfg: Any, out_dir: Path) -> dict[str, Any]:
             "flickr30k_json": "flickr30k/dataset_flickr30k.json",
             "flickr30k_images": "flickr30k/flickr30k-images",
             "roco_root": "roco",
+            "coco_karpathy_json": "mscoco/dataset_coco.json",
+            "coco_images": "mscoco",
+            "imagenet_val": CLASSIFY_DIR,
+            "imagenet_classes": f"{CLASSIFY_DIR}/{CLASS_NAMES_FILE}",
             "scenes": SCENES_FILE,
         },
     }

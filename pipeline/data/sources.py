@@ -20,6 +20,7 @@ import json
 import logging
 import urllib.parse
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ WHERE_TO_OBTAIN = {
     "flickr30k": "request the Flickr30K images with the form at https://shannon.cs.illinois.edu/DenotationGraph/ "
     "and take dataset_flickr30k.json (Karpathy splits) from "
     "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
+    "mscoco_karpathy": "take dataset_coco.json from https://cs.stanford.edu/people/karpathy/deepimagesent/"
+    "caption_datasets.zip and the images from http://images.cocodataset.org/zips/val2014.zip (its test split "
+    "is in val2014/)",
+    "flickr30k_karpathy": "request the Flickr30K images with the form at https://shannon.cs.illinois.edu/DenotationGraph/ "
+    "and take dataset_flickr30k.json from https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
     "roco": "download ROCO v2 from https://zenodo.org/records/10821435 and unzip train/valid/test "
     "next to {train,valid,test}_captions.csv",
 }
@@ -273,6 +279,56 @@ def read_karpathy_flickr30k(json_path: str | Path, images_dir: str | Path) -> pd
     df.attrs["dropped_without_captions"] = dropped
     df.attrs["refused"] = refused
     return df
+
+
+@dataclass
+class KarpathySplit:
+    """One split of a Karpathy split file: each image once, with its file and all its captions."""
+
+    image_ids: list[str]
+    paths: list[Path]
+    captions: list[list[str]]
+    missing: int = 0  # listed images whose file is absent (skipped)
+
+
+def read_karpathy_split(json_path: str | Path, images_root: str | Path, split: str = "test") -> KarpathySplit:
+    """The images of one split of Karpathy's dataset_coco.json or dataset_flickr30k.json (the field's
+    standard test sets: MSCOCO 5K, Flickr30K 1K). An image's file is images_root/filepath/filename
+    (COCO's entries carry `filepath`, val2014 or train2014) or images_root/filename (Flickr30K's).
+    image_id is COCO's `cocoid`, else the file name's stem."""
+    json_path, images_root = Path(json_path), Path(images_root)
+    dataset = ("mscoco" if "coco" in json_path.name else "flickr30k") + "_karpathy"
+    _require(json_path, dataset, f"the Karpathy split file {json_path.name}")
+    _require(images_root, dataset, "the image folder")
+    if split not in KARPATHY_SPLITS:
+        raise SourceError(f"split {split!r} is not one of Karpathy's {', '.join(KARPATHY_SPLITS)}")
+    images = _get(_load_json(json_path), "images", "", json_path, list)
+    out = KarpathySplit([], [], [])
+    for i, image in enumerate(images):
+        where = f"images[{i}]"
+        filename = _get(image, "filename", where, json_path, str)
+        image_split = _get(image, "split", where, json_path, str)
+        if image_split not in KARPATHY_SPLITS:
+            raise SourceError(f"{json_path}: {where} ({filename}): split {image_split!r} is not one of Karpathy's "
+                              f"{', '.join(KARPATHY_SPLITS)}")
+        if image_split != split:
+            continue
+        sentences = _get(image, "sentences", where, json_path, list)
+        caps = [_clean(_get(s, "raw", f"{where}.sentences[{j}]", json_path, str)) for j, s in enumerate(sentences)]
+        caps = [c for c in caps if c]
+        if not caps:
+            raise SourceError(f"{json_path}: {where} ({filename}): a {split} image without captions")
+        path = images_root / image.get("filepath", "") / filename
+        if not path.is_file():
+            out.missing += 1
+            continue
+        out.image_ids.append(str(image["cocoid"]) if "cocoid" in image else Path(filename).stem)
+        out.paths.append(path)
+        out.captions.append(caps)
+    if not out.paths:
+        raise SourceError(f"{json_path}: no {split} image found under {images_root} ({out.missing} listed); "
+                          f"to obtain them, {WHERE_TO_OBTAIN[dataset]}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------

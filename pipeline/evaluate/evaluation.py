@@ -1,6 +1,6 @@
 """Evaluation of a trained checkpoint on a validation split, beyond the paper's losses:
 
-- captions generated (beam search) for every validation image, scored with BLEU-4 and CIDEr against
+- captions generated (beam search by default; evaluate.method) for every validation image, scored with BLEU-4 and CIDEr against
   all reference captions of that image;
 - image->text and text->image recall@1/5/10 over the whole split (an image's hit is any of its
   captions; a caption's single correct image is its own).
@@ -70,16 +70,18 @@ def read_validation_set(shard_dir: str | Path, max_images: int = 0, vocab_size: 
 
 @torch.no_grad()
 def evaluate(loaded: LoadedModel, val: ValidationSet, num_beams: int = 3, batch_size: int = 32,
-             samples_to_show: int = 20) -> tuple[dict[str, float], list[dict]]:
+             samples_to_show: int = 20, generation: dict | None = None) -> tuple[dict[str, float], list[dict]]:
     """-> (metrics named as the report expects: bleu4, cider, i2t_r1..., t2i_r10; caption samples).
-    Runs on the loaded model's device, `batch_size` images per beam search."""
+    Runs on the loaded model's device, `batch_size` images per generation call; `generation` is
+    EvaluateConfig.generation() (default: beam search with `num_beams`)."""
+    generation = generation or {"method": "beam", "num_beams": num_beams}
     model, device = loaded.model, loaded.device
     image_embeds, predictions = [], {}
     batches, pace = math.ceil(len(val.images) / batch_size), Pace(0)
     for batch, start in enumerate(range(0, len(val.images), batch_size), 1):
         images = normalize(torch.stack(val.images[start : start + batch_size]).to(device))
         image_embeds.append(model.encode_image(images).cpu())
-        captions = caption_images(loaded, images, method="beam", num_beams=num_beams)
+        captions = caption_images(loaded, images, **generation)
         predictions.update(zip(val.image_ids[start : start + batch_size], captions))
         if batch % 10 == 0 or batch == batches:
             print(f"captioned {len(predictions)}/{len(val.images)} images ({pace.line(batch, batches)})", flush=True)

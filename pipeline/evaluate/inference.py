@@ -97,8 +97,10 @@ def load_images(paths: list[str | Path], image_size: int, resize_mode: str = "na
 
 
 @torch.no_grad()
-def caption_images(loaded: LoadedModel, images: torch.Tensor, method: str = "beam", num_beams: int = 3) -> list[str]:
-    tokens = generate(loaded.model, images.to(loaded.device), method=method, num_beams=num_beams)
+def caption_images(loaded: LoadedModel, images: torch.Tensor, method: str = "beam", num_beams: int = 3,
+                   **options) -> list[str]:
+    """Captions of normalised images; `options` are generate's (sampling, min/max length, repetition penalty)."""
+    tokens = generate(loaded.model, images.to(loaded.device), method=method, num_beams=num_beams, **options)
     return [decode_tokens(loaded.tokenizer, row) for row in tokens.tolist()]
 
 

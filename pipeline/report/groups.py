@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.model.config import BUNDLES
 
-from .runs import EVAL_METRICS, VAL_METRICS, run_values
+from .runs import BENCHMARK_METRICS, EVAL_METRICS, VAL_METRICS, run_values
 from .stats import Estimate, estimate, factorial_effects, paired_difference
 
 DESIGN_FACTORS = ("vit.norm", "vit.ffn", "vit.pos")  # the run tags of the design in force
@@ -36,7 +36,7 @@ NOT_FACTORS = {"train.seed", "model.encoder", "model.vit.norm", "model.vit.ffn",
 # runs differ in it, old runs included.
 SWITCH_DEFAULTS = {"model.text.ffn": "geglu", "train.contrastive_loss": "softmax", "finetune.mode": "full",
                    "finetune.freeze": "[]"}
-METRIC_KEYS = [k for k, _, _ in VAL_METRICS + EVAL_METRICS]
+METRIC_KEYS = [k for k, _, _ in VAL_METRICS + EVAL_METRICS + BENCHMARK_METRICS]
 
 
 def design_of(run) -> tuple[str, str, str]:

@@ -14,7 +14,7 @@ from pipeline.names import DATASET_TITLES, ENCODER_TITLES, ENCODERS, phase_of
 from .groups import Analysis
 from .groups import as_json as groups_json
 from .paper import PAPER_TABLE2
-from .runs import EVAL_METRICS, VAL_METRICS, Selection, name_of
+from .runs import BENCHMARK_METRICS, EVAL_METRICS, VAL_METRICS, Selection, name_of
 from .stats import Estimate
 
 # The report's column order (the paper's): Baseline, then GRR; the change is GRR relative to Baseline.
@@ -109,7 +109,9 @@ def _notes(res: DatasetResult) -> list[str]:
 
 
 def _digits(key: str) -> int:
-    return 2 if key.startswith(("i2t", "t2i")) else 4
+    """Percentages (recall, accuracy) with 2 decimals; losses, BLEU-4 and CIDEr with 4."""
+    name = key.rsplit("/", 1)[-1]
+    return 2 if name.startswith(("i2t", "t2i", "top", "mean_per_class")) else 4
 
 
 def _fmt_est(e: Estimate | None, digits: int = 4, signed: bool = False) -> str:
@@ -257,6 +259,33 @@ def _summary(results: list[DatasetResult]) -> list[str]:
     return lines + [""]
 
 
+def _benchmarks(results: list[DatasetResult]) -> list[str]:
+    """The benchmark stage's scores of every checkpoint, both encoders side by side (rows only where a
+    run logged the score)."""
+    lines = ["## Zero-shot and standard benchmarks", "",
+             "The benchmark stage (`benchmark@<run>`) on each stage's output model: zero-shot classification "
+             "(prompt templates averaged) and the frozen-feature linear probe on the classification set "
+             "(`data.sources.imagenet_val`: ImageNet-1k validation, or the demo's shapes), and retrieval and "
+             "captioning on Karpathy's MSCOCO 5K and Flickr30K 1K test splits (zero-shot for the pre-trained "
+             "model). Over several seeds a cell is the mean [95% t-interval].", "",
+             "| model | metric | Baseline CoCa | GRR-CoCa | GRR − Baseline | change |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    rows = 0
+    for res in results:
+        model = f"{DATASET_TITLES[res.dataset]} ({PHASE_TITLES[phase_of(res.dataset)]})"
+        for key, label, _ in BENCHMARK_METRICS:
+            cells = [res.estimates.get(e, {}).get(key) for e in COLUMNS]
+            if all(c is None for c in cells):
+                continue
+            rows += 1
+            lines.append(f"| {model} | {label} ↑ | {_fmt_est(cells[0], _digits(key))} | {_fmt_est(cells[1], _digits(key))} | "
+                         f"{_difference(res, key)} | "
+                         f"{_fmt_pct(change_pct(_mean(res, 'baseline', key), _mean(res, 'grr', key)))} |")
+    if not rows:
+        return lines[:2] + ["No run has benchmark scores yet: `dvc repro` runs the `benchmark@<run>` stages.", ""]
+    return lines + [""]
+
+
 def render_markdown(results: list[DatasetResult], uri: str, experiment: str, notes: list[str]) -> str:
     lines = [
         "# GRR-CoCa vs Baseline CoCa",
@@ -272,6 +301,7 @@ def render_markdown(results: list[DatasetResult], uri: str, experiment: str, not
     for note in notes:
         lines += [f"> {note}", ""]
     lines += _summary(results)
+    lines += _benchmarks(results)
     for res in results:
         title = DATASET_TITLES[res.dataset]
         lines += [f"## {title} (validation set, {PHASE_TITLES[phase_of(res.dataset)]})", "",
@@ -300,7 +330,7 @@ def as_json(results: list[DatasetResult], uri: str, experiment: str) -> dict[str
     """The report's numbers: per validation set, the runs, both encoders' values, the changes, the paper's,
     the estimates over seeds and every run's grouping."""
     out: dict[str, Any] = {"tracking_uri": uri, "experiment": experiment, "datasets": {}}
-    keys = [k for k, _, _ in VAL_METRICS + EVAL_METRICS]
+    keys = [k for k, _, _ in VAL_METRICS + EVAL_METRICS + BENCHMARK_METRICS]
     for res in results:
         base, grr = res.values.get("baseline", {}), res.values.get("grr", {})
         changes = {k: change_pct(_mean(res, "baseline", k), _mean(res, "grr", k)) for k in keys}

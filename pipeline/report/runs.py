@@ -9,7 +9,8 @@ validation set and encoder come from its tags (`phase`, `dataset`, `encoder`), e
 A set with no run is a `Selection` with `missing` saying which command produces it; nothing fails.
 
 Values of a run: `final/<metric>` (what the stage outputs: with early stopping, the best epoch's), else
-the last `val/<metric>`; `eval/<metric>` for the captioning and retrieval scores.
+the last `val/<metric>`; `eval/<metric>` for the captioning and retrieval scores and the benchmark
+stage's (`eval/zeroshot/top1`, `eval/probe/top1`, `eval/karpathy_mscoco/i2t_r1`, ...).
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ EVAL_METRICS = (("bleu4", "BLEU-4", False), ("cider", "CIDEr", False),
                 ("i2t_r1", "image→text R@1 (%)", False), ("i2t_r5", "image→text R@5 (%)", False),
                 ("i2t_r10", "image→text R@10 (%)", False), ("t2i_r1", "text→image R@1 (%)", False),
                 ("t2i_r5", "text→image R@5 (%)", False), ("t2i_r10", "text→image R@10 (%)", False))
+
+# The benchmark stage's scores (stages/benchmark.py), logged as eval/<key>: zero-shot classification,
+# the linear probe, and Karpathy-test retrieval and captioning of MSCOCO 5K and Flickr30K 1K.
+BENCHMARK_METRICS = (
+    ("zeroshot/top1", "zero-shot classification top-1 (%)", False),
+    ("zeroshot/top5", "zero-shot classification top-5 (%)", False),
+    ("zeroshot/mean_per_class", "zero-shot mean per-class accuracy (%)", False),
+    ("probe/top1", "linear probe top-1 (%)", False),
+    *((f"karpathy_{d}/{k}", f"{title} test {label}", False)
+      for d, title in (("mscoco", "MSCOCO 5K"), ("flickr30k", "Flickr30K 1K"))
+      for k, label, _ in (("i2t_r1", "image→text R@1 (%)", False), ("i2t_r5", "image→text R@5 (%)", False),
+                          ("i2t_r10", "image→text R@10 (%)", False), ("t2i_r1", "text→image R@1 (%)", False),
+                          ("t2i_r5", "text→image R@5 (%)", False), ("t2i_r10", "text→image R@10 (%)", False),
+                          ("bleu4", "BLEU-4", False), ("cider", "CIDEr", False))),
+)
 
 
 @dataclass
@@ -148,7 +164,7 @@ def run_values(run) -> dict[str, float]:
         value = m.get(f"final/{key}", m.get(f"val/{key}"))
         if value is not None:
             out[key] = value
-    for key, _, _ in EVAL_METRICS:
+    for key, _, _ in EVAL_METRICS + BENCHMARK_METRICS:
         if f"eval/{key}" in m:
             out[key] = m[f"eval/{key}"]
     return out

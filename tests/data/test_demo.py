@@ -35,6 +35,7 @@ from pipeline.data.demo import (
 SMALL = dict(
     cc12m_rows=40, mscoco_train_images=10, mscoco_val_images=4, flickr30k_train_images=8, flickr30k_val_images=3,
     flickr30k_test_images=2, roco_train=8, roco_valid=3, roco_test=2, bad_rows_per_kind=2,
+    mscoco_karpathy_test_images=6, classify_classes=5, classify_images_per_class=3,
 )
 
 
@@ -406,3 +407,28 @@ def test_planted_bad_rows_are_listed_in_their_datasets(demo):
     assert all(b["key"] in train_files for b in by_dataset["flickr30k"])
     roco_ids = {r["ID"] for r in read_roco(root, "train")}
     assert all(b["key"] in roco_ids and b["split"] == "train" for b in by_dataset["roco"])
+
+
+def test_classification_set_is_imagenet_layout_with_one_named_shape_per_image(demo):
+    from pipeline.data.classify import read_classification_set
+
+    cfg, root, summary = demo
+    data = read_classification_set(root / "classify", None, root / "classify/classnames.txt")
+    assert len(data.class_names) == cfg.classify_classes == summary["counts"]["classify"]["all"]["classes"]
+    assert len(data.paths) == cfg.classify_classes * cfg.classify_images_per_class
+    scenes = {r["path"]: r for r in map(json.loads, (root / "scenes.jsonl").read_text().splitlines())}
+    for path, label in zip(data.paths, data.labels):
+        (shape,) = scenes[str(path.relative_to(root))]["objects"]
+        assert data.class_names[label] == f"{shape['color']} {shape['shape']}"
+
+
+def test_karpathy_coco_test_split_reads(demo):
+    from pipeline.data.sources import read_karpathy_split
+
+    cfg, root, summary = demo
+    test = read_karpathy_split(root / "mscoco/dataset_coco.json", root / "mscoco")
+    assert len(test.paths) == cfg.mscoco_karpathy_test_images == summary["counts"]["mscoco_karpathy"]["test"]["good"]
+    assert all(p.parent.name == "val2014" and p.name.startswith("COCO_val2014_") for p in test.paths)
+    assert all(len(c) == cfg.captions_per_image for c in test.captions)
+    flickr = read_karpathy_split(root / "flickr30k/dataset_flickr30k.json", root / "flickr30k/flickr30k-images")
+    assert len(flickr.paths) == cfg.flickr30k_test_images

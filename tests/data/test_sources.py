@@ -20,6 +20,11 @@ from pipeline.data.sources import (
 )
 
 
+# The benchmark stage's keys (not read by read_source): any non-empty paths.
+BENCHMARK_SOURCES = dict(coco_karpathy_json="dataset_coco.json", coco_images="mscoco", imagenet_val="val",
+                         imagenet_classes="classes.txt")
+
+
 def check_frame(df):
     assert list(df.columns) == COLUMNS
     for column in COLUMNS:
@@ -266,6 +271,7 @@ def test_read_source_dispatches(tmp_path):
         flickr30k_json=str(flickr_json),
         flickr30k_images=str(flickr_images),
         roco_root=str(write_roco(tmp_path / "roco")),
+        **BENCHMARK_SOURCES,
     )
     sizes = {name: len(read_source(name, cfg)) for name in ("cc12m", "mscoco", "flickr30k", "roco")}
     assert sizes == {"cc12m": 1, "mscoco": 3, "flickr30k": 4, "roco": 6}
@@ -287,7 +293,7 @@ def test_read_source_missing_path_names_key_and_where_to_obtain(tmp_path, datase
     flickr_json, flickr_images = write_karpathy(tmp_path / "flickr30k")
     cfg = SourcesConfig(cc12m_tsv=str(tmp_path / "cc12m.tsv"), mscoco_annotations=str(tmp_path / "annotations"),
                         flickr30k_json=str(flickr_json), flickr30k_images=str(flickr_images),
-                        roco_root=str(tmp_path / "roco"))
+                        roco_root=str(tmp_path / "roco"), **BENCHMARK_SOURCES)
     setattr(cfg, key, str(tmp_path / "missing"))
     with pytest.raises(SourceError) as e:
         read_source(dataset, cfg)
@@ -354,3 +360,45 @@ def test_cc12m_local_files_stay_in_the_lists_folder(tmp_path):
     df = read_cc12m_tsv(path)
     assert df["caption"].tolist() == ["inside", "on the web"]
     assert df.attrs["refused"] == {"local file outside the dataset folder": 1}
+
+
+def _karpathy_coco(tmp_path, splits):
+    images = []
+    for i, split in enumerate(splits):
+        folder = "train2014" if split == "train" else "val2014"
+        name = f"COCO_{folder}_{i + 1:012d}.jpg"
+        (tmp_path / folder).mkdir(exist_ok=True)
+        if i != 5:  # image 5 is listed but its file is absent
+            (tmp_path / folder / name).write_bytes(b"jpeg")
+        images.append({"filepath": folder, "filename": name, "split": split, "cocoid": i + 1, "imgid": i,
+                       "sentences": [{"raw": f"caption {i} {j} ", "tokens": []} for j in range(2)]})
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return path
+
+
+def test_karpathy_split_selects_its_split_only(tmp_path):
+    from pipeline.data.sources import read_karpathy_split
+
+    path = _karpathy_coco(tmp_path, ["train", "test", "val", "restval", "test", "test", "test"])
+    test = read_karpathy_split(path, tmp_path)
+    assert test.image_ids == ["2", "5", "7"] and test.missing == 1  # cocoid 6 has no file
+    assert [p.relative_to(tmp_path).as_posix() for p in test.paths] == [
+        "val2014/COCO_val2014_000000000002.jpg", "val2014/COCO_val2014_000000000005.jpg",
+        "val2014/COCO_val2014_000000000007.jpg"]
+    assert test.captions[0] == ["caption 1 0", "caption 1 1"]
+    assert read_karpathy_split(path, tmp_path, "val").image_ids == ["3"]
+    assert read_karpathy_split(path, tmp_path, "train").paths[0].parent.name == "train2014"
+
+
+def test_karpathy_split_errors_name_the_entry(tmp_path):
+    from pipeline.data.sources import read_karpathy_split
+
+    path = _karpathy_coco(tmp_path, ["test", "dev"])
+    with pytest.raises(SourceError, match=r"dataset_coco.json: images\[1\] .*split 'dev'"):
+        read_karpathy_split(path, tmp_path)
+    with pytest.raises(SourceError, match=r"not found.*caption_datasets.zip"):
+        read_karpathy_split(tmp_path / "nowhere" / "dataset_coco.json", tmp_path)
+    only_train = _karpathy_coco(tmp_path, ["train"])
+    with pytest.raises(SourceError, match=r"no test image found"):
+        read_karpathy_split(only_train, tmp_path)

@@ -182,3 +182,36 @@ def test_inference_prepares_images_with_the_checkpoints_resize_mode(checkpoint, 
     assert red[:, : third - 1].all() and not red[:, third + 2 :].any()  # naive keeps the red third on the left
     assert not (crop[0, 0, :, 2:-2] > 0).any()  # crop keeps only the green centre
     assert (crop[0, 1, :, 2:-2] > 0).all()
+
+
+def test_caption_sampling_options_reach_generation(checkpoint, capsys):
+    _, path, images, _, _ = checkpoint
+    files = sorted(str(p) for p in images.iterdir())
+    cli(["caption", *files, "--checkpoint", str(path), "--method", "greedy", "--max-length", "3"])
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.strip().splitlines()] == ["red red red"] * 3
+    runs = []
+    for _ in range(2):
+        cli(["caption", *files, "--checkpoint", str(path), "--method", "sample", "--temperature", "50",
+             "--top-k", "20", "--seed", "5", "--min-length", "4"])
+        runs.append(capsys.readouterr().out)
+    assert runs[0] == runs[1]  # the same seed: the same captions
+    assert all(len(line.split("\t")[1].split()) >= 2 for line in runs[0].strip().splitlines())
+    with pytest.raises(SystemExit, match="top_p"):
+        cli(["caption", *files, "--checkpoint", str(path), "--method", "sample", "--top-p", "2"])
+
+
+def test_classify_prints_the_best_labels_with_their_probabilities(checkpoint, capsys):
+    _, path, images, _, _ = checkpoint
+    files = sorted(str(p) for p in images.iterdir())
+    cli(["classify", *files, "--labels", "red circle, blue square,green triangle", "--templates", "demo",
+         "--checkpoint", str(path)])
+    captured = capsys.readouterr()
+    assert "7 template(s)" in captured.err
+    rows = [line.split("\t") for line in captured.out.strip().splitlines()]
+    assert [r[0] for r in rows] == files
+    for r in rows:
+        labels, probs = r[1::2], [float(p) for p in r[2::2]]
+        assert sorted(labels) == ["blue square", "green triangle", "red circle"]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(SystemExit, match="two or more different"):
+        cli(["classify", files[0], "--labels", "cat", "--checkpoint", str(path)])

@@ -73,3 +73,20 @@ def test_json_has_the_same_numbers(store, default_report: Path) -> None:
 def test_change_is_relative_to_baseline_and_undefined_without_one() -> None:
     assert change_pct(4.0, 3.0) == pytest.approx(-25.0)
     assert change_pct(None, 3.0) is None and change_pct(0.0, 3.0) is None and change_pct(1.0, float("nan")) is None
+
+
+def test_benchmark_table_shows_both_encoders_where_scores_were_logged(default_report: Path) -> None:
+    md = default_report.read_text()
+    part = md.split("## Zero-shot and standard benchmarks")[1].split("\n## ")[0]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")[2:]]
+            for line in part.splitlines() if line.startswith("| CC12M") or line.startswith("| MSCOCO")}
+    model = "CC12M (pre-training)"
+    assert rows[model, "zero-shot classification top-1 (%) ↑"] == ["20.00", "30.00", "+10.00", "+50.00%"]
+    assert rows[model, "zero-shot classification top-5 (%) ↑"] == ["60.00", "66.00", "+6.00", "+10.00%"]
+    assert rows[model, "linear probe top-1 (%) ↑"] == ["70.00", "77.00", "+7.00", "+10.00%"]
+    assert rows[model, "MSCOCO 5K test image→text R@1 (%) ↑"] == ["5.00", "4.00", "-1.00", "-20.00%"]
+    assert rows[model, "Flickr30K 1K test CIDEr ↑"] == ["0.4000", "0.5000", "+0.1000", "+25.00%"]
+    assert len(rows) == 5  # only what was logged: the fine-tuned runs have no benchmark scores here
+    data = json.loads((default_report.parent / "comparison.json").read_text())
+    assert data["datasets"]["cc12m"]["change_pct"]["zeroshot/top1"] == pytest.approx(50.0)
+    assert data["datasets"]["cc12m"]["grr"]["probe/top1"] == 77.0
