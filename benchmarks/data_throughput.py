@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from pipeline.config import build_config
 from pipeline.data.loader import TrainLoader
 from pipeline.data.preprocess import decode_image
-from pipeline.data.shard import shard_split
+from pipeline.data.shard import one_torch_thread, shard_split
 from pipeline.data.tokenizer import build_tokenizer, encode_captions
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
@@ -116,7 +116,7 @@ def bench_raw_decode(shards: list[Path], processes: int) -> float:
         count = sum(decode_tar(p) for p in shards)
     else:
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(processes) as pool:
+        with ProcessPoolExecutor(processes, initializer=one_torch_thread) as pool:
             count = sum(pool.map(decode_tar, shards))
     return count / (time.perf_counter() - start)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.data.preprocess import decode_image, encode_jpeg, prepare_image
 from pipeline.io import atomic_write, write_json
@@ -65,6 +66,13 @@ def read_tar_images(tar_path: str, keys: set[str]) -> tuple[dict[str, bytes], st
     except (OSError, tarfile.TarError) as e:  # a truncated or corrupt tar: keep what was read before
         return images, f"unreadable tar: {type(e).__name__}"
     return images, "image missing from tar"
+
+
+def one_torch_thread() -> None:
+    """A forked worker's first act: one torch thread. The stage's parallelism is its processes, and a
+    worker forked after the parent ran torch ops (a one-tar split is resized in-process) would hang in
+    the inherited OpenMP thread pool on its first multi-threaded op (as DataLoader workers also do)."""
+    torch.set_num_threads(1)
 
 
 def process_tar(job: ShardJob) -> tuple[list[dict], Counter]:
@@ -174,7 +182,7 @@ def shard_split(
             )
         )
     if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+        with ProcessPoolExecutor(max_workers=cfg.workers, initializer=one_torch_thread) as pool:
             results = list(pool.map(process_tar, jobs))
     else:
         results = [process_tar(job) for job in jobs]
