@@ -4,7 +4,7 @@ The runs of one validation set are grouped by their *factors*: the ViT design in
 `vit.ffn`, `vit.pos` tags, bundles resolved) and every other logged parameter whose value differs
 among them (`train.seed` excepted: seeds are the replicates). A parameter some runs lack (a run from
 before it existed) is not a factor, unless it is a switch with a default (SWITCH_DEFAULTS: the text
-feed-forward, the contrastive loss, the fine-tuning mode and frozen parts), which such runs ran at. Within a group the latest finished run of each seed counts.
+feed-forward, the contrastive loss, the fine-tuning mode and frozen parts, the resize mode, augmentation), which such runs ran at. Within a group the latest finished run of each seed counts.
 
 For each group and metric: mean, standard deviation and a 95% t-interval over seeds
 (`pipeline.report.stats`). Each group is compared with its reference, the group of the reference
@@ -35,7 +35,9 @@ NOT_FACTORS = {"train.seed", "model.encoder", "model.vit.norm", "model.vit.ffn",
 # value): a run from before a switch existed ran at its default, so the switch is a factor as soon as
 # runs differ in it, old runs included.
 SWITCH_DEFAULTS = {"model.text.ffn": "geglu", "train.contrastive_loss": "softmax", "finetune.mode": "full",
-                   "finetune.freeze": "[]"}
+                   "finetune.freeze": "[]", "data.shard.resize_mode": "naive",
+                   "pretrain.crop_scale": "None", "pretrain.hflip": "False",
+                   "finetune.crop_scale": "None", "finetune.hflip": "False"}
 METRIC_KEYS = [k for k, _, _ in VAL_METRICS + EVAL_METRICS + BENCHMARK_METRICS]
 
 

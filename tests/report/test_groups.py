@@ -166,9 +166,11 @@ def test_the_new_switches_are_factors_old_runs_at_their_defaults() -> None:
         logged = {"train.seed": str(seed), "pretrain.epochs": "8", **tags, **params}
         return SimpleNamespace(info=SimpleNamespace(run_id=rid), data=SimpleNamespace(params=logged, tags=tags))
 
-    new = {"model.text.ffn": "geglu", "train.contrastive_loss": "softmax", "finetune.mode": "full",
-           "finetune.freeze": "[]", "run.trainable_params": "100", "run.trainable_fraction": "1.0"}
-    assert {k: new[k] for k in SWITCH_DEFAULTS} == SWITCH_DEFAULTS  # what the trainer logs by default
+    from pipeline.config import build_config
+
+    logged_by_default = {k: str(v) for k, v in build_config({"preset": "demo"}).flat().items()}  # as tracking logs
+    assert {k: logged_by_default[k] for k in SWITCH_DEFAULTS} == SWITCH_DEFAULTS
+    new = {**SWITCH_DEFAULTS, "run.trainable_params": "100", "run.trainable_fraction": "1.0"}
     runs = [run("old", 0),  # before the switches: no such params
             run("today", 1, **new),
             run("swiglu", 0, **{**new, "model.text.ffn": "swiglu"}),
@@ -177,6 +179,8 @@ def test_the_new_switches_are_factors_old_runs_at_their_defaults() -> None:
             run("frozen", 0, **{**new, "finetune.freeze": "['vit']", "run.trainable_fraction": "0.6"})]
     factors, groups = group_runs(runs)
     assert factors == ["finetune.freeze", "finetune.mode", "model.text.ffn", "train.contrastive_loss"]
+    letterbox = run("letterbox", 0, **{**new, "data.shard.resize_mode": "letterbox"})
+    assert group_runs([run("old", 0), letterbox])[0] == ["data.shard.resize_mode"]
     by_label = {g.label: sorted(r.info.run_id for r in g.runs.values()) for g in groups}
     assert by_label == {
         "freeze=[], mode=full, ffn=geglu, contrastive_loss=softmax": ["old", "today"],  # seeds 0 and 1
