@@ -3,7 +3,7 @@
 No dataset hub is reachable offline, so the demo pipeline generates its raw data. Each stand-in is
 written in the exact on-disk layout of the real dataset, so the real ingest code reads it unchanged:
 
-    <out_dir>/cc12m/cc12m.tsv                          url<TAB>caption, no header (file:// URLs)
+    <out_dir>/cc12m/cc12m.tsv                          url<TAB>caption, no header (paths relative to cc12m/)
     <out_dir>/cc12m/images/000000.jpg ...
     <out_dir>/mscoco/annotations/captions_{train,val}2017.json
     <out_dir>/mscoco/{train,val}2017/000000391895.jpg ...
@@ -38,6 +38,7 @@ import math
 import random
 import re
 import shutil
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,7 +383,10 @@ class _Writer:
         self.scenes: list[dict[str, Any]] = []
 
     def url(self, rel: str) -> str:
-        return (self.root / rel).as_uri()
+        """How the dataset's own files name the image `rel` (`<dataset>/<path>`): by its path relative
+        to the dataset's folder, which the readers resolve (pipeline/data/sources.py), so the files
+        are the same bytes wherever the checkout lives and a clone's `dvc pull` finds them current."""
+        return urllib.parse.quote(rel.split("/", 1)[1])
 
     def image(self, rel: str, img: Image.Image, record: dict[str, Any]) -> None:
         path = self.root / rel

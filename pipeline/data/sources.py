@@ -2,7 +2,8 @@
 
 Every reader returns a DataFrame with one row per image and these string columns:
 
-    url       where img2dataset fetches the image (http(s) for CC12M and MSCOCO, file:// otherwise)
+    url       where img2dataset fetches the image (http(s) for CC12M and MSCOCO, file:// otherwise; a
+              list's URL without a scheme is a path relative to its dataset's folder, made file://)
     caption   the image's first caption
     captions  a JSON list of all its captions (MSCOCO and Flickr30K have about five)
     image_id  the dataset's own id (CC12M has none: a hash of the URL)
@@ -110,6 +111,15 @@ def _refusal(url: str, root: Path) -> str | None:
     return None if local.is_relative_to(root.resolve()) else "local file outside the dataset folder"
 
 
+def resolve_reference(url: str, root: Path) -> str:
+    """A URL as img2dataset fetches it: a reference without a scheme (`images/000001.jpg`) is a file
+    path relative to the dataset's folder `root` (so a list that names its images that way reads the
+    same wherever its folder lives: the demo's do), made an absolute file:// URL; any other URL as is."""
+    if urllib.parse.urlsplit(url).scheme:
+        return url
+    return (root.resolve() / urllib.parse.unquote(url)).as_uri()  # `..` stays, and _refusal refuses it
+
+
 def _confined(rows: list[tuple], root: Path, dataset: str) -> tuple[list[tuple], dict[str, int]]:
     """The rows whose image may be fetched, and the count of the others by reason (never fetched)."""
     kept, refused = [], Counter()
@@ -125,7 +135,9 @@ def _confined(rows: list[tuple], root: Path, dataset: str) -> tuple[list[tuple],
 
 def read_cc12m_tsv(path: str | Path) -> pd.DataFrame:
     """Read `cc12m.tsv`. Blank lines are skipped; any other line must be `url<TAB>caption` with a
-    non-empty URL containing `://` and a non-empty caption without further tabs."""
+    non-empty URL without spaces and a non-empty caption without further tabs. A URL without a scheme
+    is a file path relative to the TSV's folder (see `resolve_reference`); its image_id is the hash of
+    the URL as written, so it does not depend on where the folder lives."""
     path = Path(path)
     _require(path, "cc12m", "the URL/caption list cc12m.tsv")
     rows = []
@@ -146,13 +158,14 @@ def read_cc12m_tsv(path: str | Path) -> pd.DataFrame:
                 url, caption = fields[0].strip(), _clean(fields[1])
                 if not url:
                     problem = "empty url"
-                elif "://" not in url or " " in url:
+                elif " " in url or ("://" not in url and urllib.parse.urlsplit(url).scheme):
                     problem = f"url {url[:80]!r} is not a URL"
                 elif not caption:
                     problem = "empty caption"
             if problem:
                 raise SourceError(f"{path}: line {lineno}: {problem}")
-            rows.append((url, caption, json.dumps([caption], ensure_ascii=False), url_id(url), ""))
+            rows.append((resolve_reference(url, path.parent), caption, json.dumps([caption], ensure_ascii=False),
+                         url_id(url), ""))
     rows, refused = _confined(rows, path.parent, "cc12m")
     log.info("cc12m: %d rows from %s", len(rows), path)
     df = _frame(rows)
@@ -188,7 +201,7 @@ def _get(obj: Any, key: str, where: str, path: Path, kind: type | tuple[type, ..
     return value
 
 
-def _read_coco_file(path: Path, split: str) -> tuple[list[tuple], int]:
+def _read_coco_file(path: Path, split: str, root: Path) -> tuple[list[tuple], int]:
     data = _load_json(path)
     images = _get(data, "images", "", path, list)
     annotations = _get(data, "annotations", "", path, list)
@@ -196,7 +209,7 @@ def _read_coco_file(path: Path, split: str) -> tuple[list[tuple], int]:
     for i, image in enumerate(images):
         where = f"images[{i}]"
         image_id = _get(image, "id", where, path, int)
-        urls[image_id] = _get(image, "coco_url", where, path, str)
+        urls[image_id] = resolve_reference(_get(image, "coco_url", where, path, str), root)
     captions: dict[int, list[tuple[int, str]]] = {}
     for i, ann in enumerate(annotations):
         where = f"annotations[{i}]"
@@ -218,7 +231,8 @@ def _read_coco_file(path: Path, split: str) -> tuple[list[tuple], int]:
 
 
 def read_coco_captions(annotations_dir: str | Path) -> pd.DataFrame:
-    """Read the official train2017/val2017 caption annotations: one row per captioned image.
+    """Read the official train2017/val2017 caption annotations: one row per captioned image. A
+    `coco_url` without a scheme is a path relative to the folder above `annotations/`.
 
     Images without any caption are dropped; their count is in `df.attrs["dropped_without_captions"]`.
     """
@@ -227,7 +241,7 @@ def read_coco_captions(annotations_dir: str | Path) -> pd.DataFrame:
     for split, name in COCO_FILES.items():
         path = annotations_dir / name
         _require(path, "mscoco", f"the caption annotations {name}")
-        split_rows, split_dropped = _read_coco_file(path, split)
+        split_rows, split_dropped = _read_coco_file(path, split, annotations_dir.resolve().parent)
         rows += split_rows
         dropped += split_dropped
     if dropped:

@@ -402,3 +402,30 @@ def test_karpathy_split_errors_name_the_entry(tmp_path):
     only_train = _karpathy_coco(tmp_path, ["train"])
     with pytest.raises(SourceError, match=r"no test image found"):
         read_karpathy_split(only_train, tmp_path)
+
+
+def test_cc12m_paths_without_a_scheme_are_relative_to_the_lists_folder(tmp_path):
+    """The demo's lists name their images so: the same file reads the same wherever its folder lives."""
+    ids = {}
+    for place in ("a", "b"):
+        path = tmp_path / place / "cc12m/cc12m.tsv"
+        path.parent.mkdir(parents=True)
+        path.write_text("images/1.jpg\tinside\nimages/a%20b.jpg\tquoted\n../other/2.jpg\toutside\n/etc/3.jpg\tabsolute\n")
+        df = read_cc12m_tsv(path)
+        assert df["url"].tolist() == [(path.parent.resolve() / "images/1.jpg").as_uri(),
+                                      (path.parent.resolve() / "images/a b.jpg").as_uri()]
+        assert df.attrs["refused"] == {"local file outside the dataset folder": 2}
+        ids[place] = df["image_id"].tolist()
+    assert ids["a"] == ids["b"]  # the id hashes the URL as written, not where the checkout lives
+
+
+def test_coco_urls_without_a_scheme_are_relative_to_the_folder_above_the_annotations(tmp_path):
+    root = tmp_path / "mscoco"
+    train = coco_json([(9, "train"), (25, "train")], [(9, 1, "A cat."), (25, 2, "A dog.")])
+    train["images"][0]["coco_url"] = "train2017/000000000009.jpg"
+    train["images"][1]["coco_url"] = "../elsewhere/25.jpg"
+    val = coco_json([(139, "val")], [(139, 5, "A room.")])
+    df = read_coco_captions(write_coco(root / "annotations", train=train, val=val))
+    assert df["url"].tolist()[0] == (root.resolve() / "train2017/000000000009.jpg").as_uri()
+    assert df["image_id"].tolist() == ["9", "139"]
+    assert df.attrs["refused"] == {"local file outside the dataset folder": 1}

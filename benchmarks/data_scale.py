@@ -1,0 +1,307 @@
+"""How the data stages scale with the number of rows: CC12M-format URL lists of N rows through
+download -> split -> tokenize -> shard, each stage's cost per 1,000 rows at each N.
+
+    python benchmarks/data_scale.py [--rows 2000 20000 100000] [--keep DIR]
+
+For each N the script writes a CC12M TSV (url<TAB>caption, no header) whose URLs point at an image
+server on 127.0.0.1 that it starts and stops itself. The server answers from a pool of 48 JPEGs made
+once (sizes 120 to 480 px, grain added so they decode like photographs), picked per URL by a hash;
+2% of the URLs answer 404 and 1% answer bytes that are not an image, so failure accounting runs.
+
+Each stage runs as its own subprocess, the real stage script (`stages/*.py`) on the demo preset with
+`data.sources.cc12m_tsv` pointed at the TSV; the other three datasets get empty splits, so the
+tokenizer (demo: trained, `name: train`) learns on these captions alone. Per stage and N:
+wall seconds, CPU seconds (user + system of the stage's whole process tree: os.wait4's rusage, which
+includes the children it reaped: img2dataset's workers, the shard stage's pool), peak RSS (the
+largest single process of that tree, as the kernel reports ru_maxrss) and the bytes the stage wrote.
+The server's own CPU is in this script's process and is not counted.
+
+Then: the download stage's CPU (img2dataset, with our bookkeeping and the interpreter's start) beside
+split + tokenize + shard's, their ratio; whether each stage's cost per row stays flat from the smallest
+N to the largest; whether peak RSS grows more slowly than N; and a straight-line extrapolation to
+CC12M's 10.9M rows on 16 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import io
+import itertools
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data.split import PAIR_COLUMNS, SPLITS
+from pipeline.names import DATASETS
+
+CC12M_ROWS = 10_900_000
+TARGET_CORES = 16
+POOL = 48
+MISSING_PERCENT, NOT_IMAGE_PERCENT = 2, 1
+STAGES = ("download", "split", "tokenize", "shard")
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey", "brown"]
+THINGS = ["dog", "cat", "house", "car", "tree", "boat", "bicycle", "woman", "man", "child", "bird",
+          "mountain", "street", "table", "cup", "flower", "train", "horse", "beach", "kitchen"]
+PLACES = ["in a park", "on a street", "at the beach", "in a kitchen", "near a lake", "in the snow",
+          "at night", "in a field", "on a table", "in front of a building"]
+VERBS = ["standing", "sitting", "running", "lying", "parked", "waiting", "playing", "resting"]
+
+
+def caption(rng: random.Random) -> str:
+    return (f"a {rng.choice(COLOURS)} {rng.choice(THINGS)} {rng.choice(VERBS)} {rng.choice(PLACES)} "
+            f"with a {rng.choice(COLOURS)} {rng.choice(THINGS)}")
+
+
+def jpeg_pool(seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    pool = []
+    for _ in range(POOL):
+        w, h = rng.randint(120, 480), rng.randint(120, 480)
+        image = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(4):
+            x, y = rng.randrange(w), rng.randrange(h)
+            draw.ellipse([x, y, x + w // 3, y + h // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
+        grain = np.random.default_rng(rng.randrange(2**32)).integers(-24, 25, (h, w, 3))
+        pixels = np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        pool.append(buffer.getvalue())
+    return pool
+
+
+def kind_of(path: str) -> tuple[str, int]:
+    """What the server answers for a path: ('missing' | 'not_image' | 'image', pool index)."""
+    digest = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
+    percent = digest % 100
+    kind = "missing" if percent < MISSING_PERCENT else "not_image" if percent < MISSING_PERCENT + NOT_IMAGE_PERCENT \
+        else "image"
+    return kind, (digest // 100) % POOL
+
+
+@contextmanager
+def image_server(pool: list[bytes]):
+    """An HTTP image server on 127.0.0.1 in a thread of this process; yields its base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            kind, index = kind_of(self.path)
+            if kind == "missing":
+                self.send_error(404)
+                return
+            body = b"<html>not an image</html>\n" if kind == "not_image" else pool[index]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def write_tsv(path: Path, rows: int, base_url: str) -> dict[str, int]:
+    rng = random.Random(rows)
+    kinds = {"image": 0, "missing": 0, "not_image": 0}
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(rows):
+            url_path = f"/img/{i:08d}.jpg"
+            kinds[kind_of(url_path)[0]] += 1
+            f.write(f"{base_url}{url_path}\t{caption(rng)}\n")
+    return kinds
+
+
+def run_stage(argv: list[str], cwd: Path, env: dict) -> dict:
+    """Run one stage script; its wall time, CPU time and peak RSS (its whole process tree)."""
+    start = time.perf_counter()
+    with open(cwd / "stage.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=log, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{argv[0]} failed ({proc.returncode}); see {cwd / 'stage.log'}:\n"
+                 + (cwd / "stage.log").read_text()[-3000:])
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def size_of(*paths: Path) -> int:
+    total = 0
+    for path in paths:
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return total
+
+
+def run_size(rows: int, work: Path, pool: list[bytes]) -> dict:
+    work.mkdir(parents=True)
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+           "TOKENIZERS_PARALLELISM": "false"}
+    results = {}
+    with image_server(pool) as base_url:
+        kinds = write_tsv(work / "cc12m.tsv", rows, base_url)
+        (work / "params.yaml").write_text(yaml.safe_dump({"preset": "demo", "data": {
+            "sources": {"cc12m_tsv": str(work / "cc12m.tsv")}}}))
+        for dataset in DATASETS[1:]:  # the other datasets: empty splits, so tokenize reads cc12m alone
+            (work / "splits" / dataset).mkdir(parents=True)
+            for split in SPLITS:
+                pd.DataFrame({c: pd.Series(dtype=str) for c in PAIR_COLUMNS}).to_parquet(
+                    work / "splits" / dataset / f"{split}.parquet", index=False)
+        params = ["--params", str(work / "params.yaml")]
+        stage = str(ROOT / "stages")
+        plan = {
+            "download": ([f"{stage}/download.py", "cc12m", *params, "--out", "download", "--report", "download.json"],
+                         ["download", "download.json"]),
+            "split": ([f"{stage}/split.py", "cc12m", *params, "--download", "download", "--out", "splits/cc12m",
+                       "--counts", "split.json"], ["splits/cc12m", "split.json"]),
+            "tokenize": ([f"{stage}/tokenize_captions.py", *params, "--splits", "splits", "--tokenizer-out",
+                          "tokenizer", "--tokens-out", "tokens", "--counts", "tokenize.json"],
+                         ["tokenizer", "tokens", "tokenize.json"]),
+            "shard": ([f"{stage}/shard.py", "cc12m", *params, "--download", "download", "--splits", "splits/cc12m",
+                       "--tokens", "tokens/cc12m", "--out", "shards", "--counts", "shard.json"],
+                      ["shards", "shard.json"]),
+        }
+        for name, (argv, outs) in plan.items():
+            results[name] = run_stage(argv, work, env)
+            results[name]["bytes"] = size_of(*(work / o for o in outs))
+            print(f"  {rows} rows: {name} {results[name]['wall']:.1f} s", flush=True)
+    report = json.loads((work / "download.json").read_text())
+    shard = json.loads((work / "shard.json").read_text())
+    results["counts"] = {"rows": rows, "served": kinds, "downloaded": report["success"],
+                         "failed": report["failed"], "shard_samples": shard["train_samples"] + shard["val_samples"]}
+    return results
+
+
+def per_k(value: float, rows: int) -> float:
+    return value * 1000 / rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[2000, 20000, 100000])
+    parser.add_argument("--keep", type=Path, help="keep each size's files under this folder (default: deleted)")
+    args = parser.parse_args()
+    sizes = sorted(args.rows)
+    pool = jpeg_pool()
+    print(f"image pool: {POOL} JPEGs, {sum(map(len, pool)) // POOL:,} bytes each on average; "
+          f"{MISSING_PERCENT}% of URLs 404, {NOT_IMAGE_PERCENT}% not an image; {os.cpu_count()} CPUs", flush=True)
+
+    measured = {}
+    base = args.keep or Path(tempfile.mkdtemp(prefix="grr-coca-data-scale-"))
+    try:
+        for rows in sizes:
+            measured[rows] = run_size(rows, base / f"rows-{rows}", pool)
+            if not args.keep:
+                shutil.rmtree(base / f"rows-{rows}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+    print()
+    for rows in sizes:
+        c = measured[rows]["counts"]
+        print(f"{rows:>7} rows: {c['downloaded']} downloaded, {c['failed']} failed "
+              f"(served {c['served']['missing']} 404s, {c['served']['not_image']} non-images), "
+              f"{c['shard_samples']} samples in shards")
+    print()
+    print("| stage | rows | wall s / 1k rows | CPU s / 1k rows | peak RSS MB | output MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in STAGES:
+        for rows in sizes:
+            r = measured[rows][name]
+            print(f"| {name} | {rows} | {per_k(r['wall'], rows):.3f} | {per_k(r['cpu'], rows):.3f} | "
+                  f"{r['rss_mb']:.0f} | {r['bytes'] / 1e6:.1f} |")
+
+    print()
+    print("| rows | download CPU s / 1k | split+tokenize+shard CPU s / 1k | added | shard's share of all CPU |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for rows in sizes:
+        m = measured[rows]
+        ours = sum(m[s]["cpu"] for s in ("split", "tokenize", "shard"))
+        total = ours + m["download"]["cpu"]
+        print(f"| {rows} | {per_k(m['download']['cpu'], rows):.3f} | {per_k(ours, rows):.3f} | "
+              f"{ours / m['download']['cpu']:.0%} | {m['shard']['cpu'] / total:.0%} |")
+
+    small, large = sizes[0], sizes[-1]
+    if small == large:
+        return
+    print()
+    print(f"scaling from {small} to {large} rows ({large / small:.0f}x). CPU per row falls where a fixed start-up "
+          "(the interpreter, imports: torch, transformers, img2dataset) is spread over more rows; the marginal "
+          "cost between consecutive sizes is the per-row cost itself:")
+    for name in STAGES:
+        cpu = {rows: measured[rows][name]["cpu"] for rows in sizes}
+        ratio = per_k(cpu[large], large) / per_k(cpu[small], small)
+        marginals = [(cpu[b] - cpu[a]) / (b - a) * 1000 for a, b in itertools.pairwise(sizes)]
+        fixed = cpu[small] - marginals[0] * small / 1000
+        if max(marginals) < 0.05:
+            verdict = "too small to judge: under 0.05 CPU s per 1k rows"
+        elif len(marginals) < 2:
+            verdict = "one marginal only: run three sizes to judge"
+        elif marginals[-1] > 1.25 * marginals[0]:
+            verdict = "GROWS faster than linear: the last marginal is over 1.25x the first"
+        else:
+            verdict = "linear: the last marginal within 25% of the first" if marginals[-1] >= 0.75 * marginals[0] \
+                else "the last marginal is under 0.75x the first (cheaper per row at scale)"
+        print(f"  {name:<9} CPU s per 1k rows x{ratio:.2f}; start-up ~{fixed:.1f} CPU s; marginal CPU s per 1k rows "
+              + ", ".join(f"{m:.3f}" for m in marginals) + f" ({verdict})")
+    print()
+    print("peak RSS (the largest process of the stage's tree; forked children count the pages they share):")
+    for name in STAGES:
+        rss = {rows: measured[rows][name]["rss_mb"] for rows in sizes}
+        slope = (rss[large] - rss[small]) / (large - small)  # MB per row
+        growth = rss[large] / rss[small]
+        line = f"  {name:<9} x{growth:.2f} for {large / small:.0f}x the rows ({'sublinear' if growth < large / small else 'NOT sublinear'})"
+        if slope > 0:
+            line += (f"; +{slope * 1e6 / 1e3:.2f} kB per row: {(rss[large] + slope * (CC12M_ROWS - large)) / 1e3:.1f} GB "
+                     f"at {CC12M_ROWS:,} rows if it keeps growing so")
+        print(line)
+
+    print()
+    print(f"extrapolation to {CC12M_ROWS:,} rows on {TARGET_CORES} cores (assumes: each stage's CPU is linear in "
+          f"rows at the marginal cost between the two largest sizes, {sizes[-2]} and {large} rows, on cores like "
+          f"these, divided evenly over {TARGET_CORES} cores with no other bottleneck; start-up costs left out; real "
+          "downloads add network time, which a local server does not have):")
+    total = 0.0
+    for name in STAGES:
+        a, b = measured[sizes[-2]][name], measured[large][name]
+        marginal = max(0.0, (b["cpu"] - a["cpu"]) / (large - sizes[-2]))
+        hours = marginal * CC12M_ROWS / TARGET_CORES / 3600
+        total += hours
+        print(f"  {name:<9} {marginal * CC12M_ROWS / 3600:8.1f} CPU hours -> {hours:6.2f} h on {TARGET_CORES} cores")
+    print(f"  {'all':<9} {total * TARGET_CORES:8.1f} CPU hours -> {total:6.2f} h on {TARGET_CORES} cores")
+
+if __name__ == "__main__":
+    main()
