@@ -26,7 +26,7 @@ from pipeline.checks import (ConfigError, check_bool, check_choice, check_ints, 
                              fail)
 from pipeline.model.config import ModelConfig
 from pipeline.tokens import TokenLayout
-from pipeline.train.config import FinetuneConfig, PretrainConfig, TrainConfig
+from pipeline.train.config import FinetuneConfig, JointConfig, PretrainConfig, TrainConfig
 
 __all__ = ["Config", "ConfigError", "build_config", "load_config", "model_preset", "preset_names"]
 
@@ -275,6 +275,7 @@ class Config:
     train: TrainConfig  # what both training phases share
     pretrain: PretrainConfig
     finetune: FinetuneConfig
+    joint: JointConfig  # the joint fine-tune over the three fine-tuning sets
     evaluate: EvaluateConfig
     benchmark: BenchmarkConfig
 

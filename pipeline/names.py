@@ -11,6 +11,8 @@ DATASETS = ("cc12m", "mscoco", "flickr30k", "roco")
 PRETRAIN_DATASET = "cc12m"
 # The fine-tuning sets (dvc.yaml's `finetune` foreach order).
 FINETUNE_DATASETS = ("mscoco", "roco", "flickr30k")
+# The joint fine-tune over every fine-tuning set (stage finetune_joint): its name in runs and outputs.
+JOINT = "joint"
 # The paper's Table 2 order of validation sets.
 TABLE2_ORDER = ("cc12m", "mscoco", "roco", "flickr30k")
 DATASET_TITLES = {"cc12m": "CC12M", "mscoco": "MSCOCO", "roco": "ROCO", "flickr30k": "Flickr30K"}

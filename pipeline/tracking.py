@@ -569,6 +569,7 @@ def run_description(cfg: Any, spec: Any, init_meta: dict, world_size: int, devic
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     inputs = [spec.train_shards, spec.val_shards] + [p for p in (spec.tokenizer, spec.init) if p]
+    inputs += [p for pair in getattr(spec, "mixed", {}).values() for p in pair]  # a joint fine-tune's other sets
     tags.update({f"dvc_md5.{path}": md5 for path, md5 in dvc_hashes(Path(spec.repo), inputs).items()})
     if init_meta.get("run_id"):
         tags["pretrain_run_id"] = init_meta["run_id"]

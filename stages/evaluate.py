@@ -3,10 +3,12 @@
 Generates captions (beam search) for the validation images, scores BLEU-4 and CIDEr against all
 references, computes image<->text recall@1/5/10, and adds them (`eval/...`) to the checkpoint's own
 MLflow run, beside a Markdown sample of generated captions. Runs on `train.device` (the GPU when
-there is one).
+there is one). The joint fine-tune is evaluated on each of its sets (`evaluate@joint-<dataset>`): its
+run gets `eval/<dataset>/...`, so the three evaluations sit side by side.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from pipeline.data.loader import Manifest  # noqa: E402
 from pipeline.evaluate.evaluation import evaluate, read_validation_set  # noqa: E402
 from pipeline.evaluate.inference import CheckpointError, load_checkpoint, pick_device  # noqa: E402
 from pipeline.evaluate.samples import samples_markdown  # noqa: E402
-from pipeline.io import write_text  # noqa: E402
+from pipeline.io import write_json, write_text  # noqa: E402
+from pipeline.names import JOINT  # noqa: E402
 from pipeline.tracking import attach, repo_root  # noqa: E402
 
 
@@ -45,8 +48,13 @@ def main() -> None:
     metrics, shown = evaluate(loaded, val, cfg.evaluate.num_beams, cfg.evaluate.batch_size,
                               cfg.evaluate.samples_to_show, cfg.evaluate.generation())
     write_text(args.samples, samples_markdown(f"{args.name}: generated captions ({cfg.evaluate.describe()})", shown))
-    tracker = attach(loaded.checkpoint.meta.get("mlflow_run_id"), root=repo_root(), metrics_json=Path(args.metrics))
-    tracker.log_eval(metrics)
+    write_json(args.metrics, metrics)
+    tracker = attach(loaded.checkpoint.meta.get("mlflow_run_id"), root=repo_root(), metrics_json=None)
+    if loaded.checkpoint.meta.get("dataset") == JOINT:  # one of the joint model's sets: eval/<dataset>/...
+        dataset = json.loads((Path(args.val) / "manifest.json").read_text())["dataset"]
+        tracker.log_eval({f"{dataset}/{k}": v for k, v in metrics.items()})
+    else:
+        tracker.log_eval(metrics)
     tracker.log_artifact(args.samples, "eval")
     tracker.finish()
     print(f"{args.name} on {device.type}: {metrics}")

@@ -143,7 +143,11 @@ def test_dataset_lists_match_the_library():
     datasets = next(v["datasets"] for v in DVC["vars"] if isinstance(v, dict) and "datasets" in v)
     assert tuple(datasets) == names.DATASETS
     assert tuple(DVC["stages"]["finetune"]["foreach"]) == names.FINETUNE_DATASETS
-    assert set(DVC["stages"]["evaluate"]["foreach"]) == {"pretrain", *names.FINETUNE_DATASETS}
+    joint = [f"{names.JOINT}-{d}" for d in names.FINETUNE_DATASETS]  # the joint model on each set
+    assert set(DVC["stages"]["evaluate"]["foreach"]) == {"pretrain", *names.FINETUNE_DATASETS, *joint}
+    cmd = DVC["stages"]["finetune_joint"]["cmd"]
+    for d in names.FINETUNE_DATASETS:  # the joint fine-tune mixes every fine-tuning set
+        assert f"{d}=data/shards/{d}/train" in cmd and f"{d}=data/shards/{d}/val" in cmd, d
 
 
 def _leading_text(node: ast.AST) -> str | None:
@@ -198,4 +202,4 @@ def test_the_committed_dvc_lock_records_this_code():
             if dep["path"].endswith(".py") and hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
                 stale.append(f"{stage}: {dep['path']}")
     assert not stale, "dvc.lock is stale (run `make demo`, commit dvc.lock and metrics/): " + ", ".join(stale)
-    assert len(lock) == 22, sorted(lock)  # every stage, each dataset of a foreach
+    assert len(lock) == 26, sorted(lock)  # every stage, each dataset of a foreach

@@ -98,7 +98,8 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in client.search_runs(
         [client.get_experiment_by_name("grr-coca").experiment_id])}
-    assert set(runs) == {"pretrain-grr", "finetune-mscoco-grr", "finetune-roco-grr", "finetune-flickr30k-grr"}
+    assert set(runs) == {"pretrain-grr", "finetune-mscoco-grr", "finetune-roco-grr", "finetune-flickr30k-grr",
+                         "finetune-joint-grr"}
     for name, stage in [("pretrain", "pretrain-grr"), ("mscoco", "finetune-mscoco-grr")]:
         run_ = runs[stage]
         assert run_.info.status == "FINISHED"
@@ -111,6 +112,14 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
         for key in ("zeroshot/top1", "probe/top1", "karpathy_mscoco/i2t_r1", "karpathy_flickr30k/cider"):
             assert run_.data.metrics[f"eval/{key}"] == benchmark[key]
     assert runs["finetune-roco-grr"].data.tags["pretrain_run_id"] == runs["pretrain-grr"].info.run_id
+    # The joint fine-tune: validated on each set, evaluated on each, all in its own run.
+    joint = runs["finetune-joint-grr"]
+    assert joint.info.status == "FINISHED" and joint.data.tags["pretrain_run_id"] == runs["pretrain-grr"].info.run_id
+    final = json.loads((repo / "metrics/finetune-joint.json").read_text())
+    for dataset in ("mscoco", "roco", "flickr30k"):
+        assert joint.data.metrics[f"final/{dataset}/coca_loss"] == final[f"{dataset}/coca_loss"]
+        evaluation = json.loads((repo / f"metrics/eval-joint-{dataset}.json").read_text())
+        assert joint.data.metrics[f"eval/{dataset}/bleu4"] == evaluation["bleu4"]
 
     # Nothing reran: every stage is up to date.
     assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
@@ -122,7 +131,8 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
     changed = {line.rstrip(":") for line in run(dvc("status"), repo, env).splitlines()
                if line and not line.startswith(("\t", " "))}
     assert changed == {f"{stage}@{name}" for stage in ("evaluate", "benchmark")
-                       for name in ("pretrain", "mscoco", "roco", "flickr30k")}, changed
+                       for name in ("pretrain", "mscoco", "roco", "flickr30k")} | {
+        f"evaluate@joint-{name}" for name in ("mscoco", "roco", "flickr30k")}, changed
     generate.write_text(original)
     assert "Data and pipelines are up to date" in run(dvc("status"), repo, env)
 

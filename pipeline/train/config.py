@@ -110,6 +110,27 @@ class FinetuneConfig(PhaseConfig):
         return self.mode == "adapter"
 
 
+# How the joint fine-tune draws its micro-batches from the fine-tuning sets (pipeline/data/mixture.py):
+# each set with probability proportional to the square root of its size (CROME's balancing), to its
+# size, or the same for all.
+JOINT_SAMPLINGS = ("sqrt", "proportional", "uniform")
+
+
+@dataclass
+class JointConfig:
+    """The joint fine-tune (stage finetune_joint): one model fine-tuned on MSCOCO, ROCO and Flickr30K
+    together, with the `finetune` section's schedule, losses and early stopping; only these differ."""
+
+    sampling: str  # sqrt | proportional | uniform: each micro-batch's dataset is drawn with these weights
+    epochs: int  # maximum epochs of the joint run (an epoch: the three training sets' samples together)
+
+    section = "joint"
+
+    def __post_init__(self) -> None:
+        check_choice(self, self.section, "sampling", JOINT_SAMPLINGS)
+        check_ints(self, self.section, ("epochs",))
+
+
 @dataclass
 class TrainConfig:
     nproc_per_node: int  # processes per node (torchrun --nproc_per_node); the paper used 4 GPUs

@@ -10,6 +10,7 @@ update, so the last checkpoint stays good.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -19,6 +20,7 @@ import torch
 
 from pipeline.checkpoint import load_init, save_model
 from pipeline.data.loader import TrainLoader, ValLoader
+from pipeline.data.mixture import MixtureLoader
 from pipeline.data.preprocess import Augment
 from pipeline.model.coca import CoCa
 from pipeline.model.losses import CoCaLoss
@@ -33,7 +35,7 @@ from .parallelize import (Dist, all_gather_object, all_reduce_sum, autocast, bar
 from .resume import Checkpointer, NonFiniteLoss, RNGState, fingerprint, seed_everything
 from .schedule import build_schedule
 from .state import RunSpec, TrainState
-from .validate import validate
+from .validate import mean_over_sets, validate
 
 
 def log(d: Dist, message: str) -> None:
@@ -50,6 +52,8 @@ class Trainer:
     def __init__(self, cfg: Any, spec: RunSpec, d: Dist):
         self.cfg, self.tcfg, self.spec, self.d = cfg, cfg.train, spec, d
         self.phase = getattr(cfg, spec.phase)  # cfg.pretrain or cfg.finetune
+        if spec.mixed:  # the joint fine-tune: finetune's settings for joint.epochs
+            self.phase = dataclasses.replace(self.phase, epochs=cfg.joint.epochs)
         tcfg, self.amp = self.tcfg, autocast(cfg.train, d.device)
         seed_everything(tcfg.seed)  # the same initial weights on every process
         self.model = CoCa(cfg.model, dropout=self.phase.dropout, contrastive_loss=tcfg.contrastive_loss,
@@ -63,15 +67,28 @@ class Trainer:
         self.schedule = build_schedule(self.phase)
         self.stopper = es.build_early_stopping(self.phase)
         augment = Augment(tuple(self.phase.crop_scale) if self.phase.crop_scale else None, self.phase.hflip)
-        self.loader = TrainLoader.from_config(spec.train_shards, tcfg, cfg.model, rank=d.rank, world_size=d.world_size,
-                                              augment=augment)
-        self.val_loader = ValLoader.from_config(spec.val_shards, tcfg, cfg.model, rank=d.rank, world_size=d.world_size)
-        if self.loader.manifest.resize_mode != self.val_loader.manifest.resize_mode:
-            raise ValueError(f"{spec.train_shards} and {spec.val_shards} were made with different resize modes "
-                             f"({self.loader.manifest.resize_mode}, {self.val_loader.manifest.resize_mode}): reshard")
+        sets = spec.sets()  # one dataset, or the joint fine-tune's (pipeline/data/mixture.py)
+        if spec.mixed:
+            self.loader = MixtureLoader.from_config({name: train for name, (train, _) in sets.items()}, tcfg,
+                                                    cfg.model, cfg.joint.sampling, rank=d.rank,
+                                                    world_size=d.world_size, augment=augment)
+            train_manifests = [lo.manifest for lo in self.loader.loaders.values()]
+        else:
+            self.loader = TrainLoader.from_config(spec.train_shards, tcfg, cfg.model, rank=d.rank,
+                                                  world_size=d.world_size, augment=augment)
+            train_manifests = [self.loader.manifest]
+        self.val_loaders = {name: ValLoader.from_config(val, tcfg, cfg.model, rank=d.rank, world_size=d.world_size)
+                            for name, (_, val) in sets.items()}
+        manifests = train_manifests + [lo.manifest for lo in self.val_loaders.values()]
+        modes = {m.resize_mode for m in manifests}
+        if len(modes) > 1:
+            raise ValueError(f"{', '.join(str(m.root) for m in manifests)} were made with different resize modes "
+                             f"({', '.join(m.resize_mode for m in manifests)}): reshard")
+        self.resize_mode = modes.pop()  # inference prepares images the same way
         self.state = TrainState()
-        sections = {name: cfg.to_dict()[name] for name in ("model", "train", spec.phase)}  # dvc.yaml's params
-        inputs = [spec.train_shards / "manifest.json", spec.val_shards / "manifest.json", *filter(None, [spec.init])]
+        declared = ("model", "train", spec.phase) + (("joint",) if spec.mixed else ())  # dvc.yaml's params
+        sections = {name: cfg.to_dict()[name] for name in declared}
+        inputs = [m.root / "manifest.json" for m in manifests] + list(filter(None, [spec.init]))
         self.ckpt = Checkpointer(spec.state_dir, fingerprint(sections, d.world_size, inputs), is_main=d.is_main,
                                  rank=d.rank, per_process={"rng": RNGState(), "loader": self.loader},
                                  shared={"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule,
@@ -228,7 +245,9 @@ class Trainer:
 
     def _validate(self, kind: str) -> dict[str, float]:
         st = self.state
-        val = validate(self.model, self.val_loader, self.loss_fn, self.d.device, self.amp)
+        results = {name: validate(self.model, loader, self.loss_fn, self.d.device, self.amp)
+                   for name, loader in self.val_loaders.items()}
+        val = mean_over_sets(results) if self.spec.mixed else results[self.spec.dataset]
         epoch = {"start": 0, "step": st.epoch + st.step_in_epoch / st.steps_in_epoch, "epoch": st.epoch + 1}[kind]
         st.history.append({"step": st.step, "epoch": epoch, "kind": kind, **val, "lr_level": self.stopper.level})
         self.tracker.log_val(st.step, val, st.history)
@@ -245,12 +264,13 @@ class Trainer:
         use_best = self.phase.early_stopping and st.best_val is not None
         last = next(h for h in reversed(st.history) if h["kind"] == "epoch")
         final_val = st.best_val if use_best else {**last, "epoch": st.epoch, "step": st.step}
+        per_set = [k for k in final_val if "/" in k]  # the joint fine-tune's <dataset>/<metric>
         final = {k: final_val[k] for k in ("coca_loss", "caption_loss", "perplexity", "contrastive_loss", "epoch",
-                                           "step")} | {"epochs_run": st.epoch, "steps_run": st.step}
+                                           "step", *per_set)} | {"epochs_run": st.epoch, "steps_run": st.step}
         if d.is_main:
             meta = {"options": self.model.options, "phase": spec.phase, "dataset": spec.dataset,
                     "mlflow_run_id": st.run_id, "train_config": self.tcfg, "tokenizer_dir": spec.tokenizer,
-                    "resize_mode": self.loader.manifest.resize_mode}  # inference prepares images the same way
+                    "resize_mode": self.resize_mode}
             best = self.ckpt.load_best("cpu")
             save_model(spec.out_dir / "best.pt", best["model"], self.cfg.model, **meta, epoch=best["epoch"],
                        step=best["step"], val=best["val"], weights_of="best")

@@ -26,6 +26,9 @@ class RunSpec:
     tokenizer: Path | None = None  # travels inside the output checkpoints
     init: Path | None = None  # fine-tuning: the pre-trained checkpoint
     repo: Path = Path(".")  # where dvc.lock and .git are (the working copy)
+    # The joint fine-tune (dataset "joint"): each mixed dataset's (training, validation) shards, by name;
+    # train_shards and val_shards are then the first one's. Empty for a one-dataset run.
+    mixed: dict[str, tuple[Path, Path]] = field(default_factory=dict)
 
     # A training stage's command-line paths (dvc.yaml passes them all: no defaults here).
     ARGUMENTS = (("--train", "training shards (with manifest.json)"), ("--val", "validation shards"),
@@ -34,14 +37,22 @@ class RunSpec:
                  ("--curve", "validation curve (TSV)"))
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def add_arguments(cls, parser: argparse.ArgumentParser, mixed: bool = False) -> argparse.ArgumentParser:
+        """`mixed`: --train and --val take NAME=PATH for each dataset of a joint fine-tune."""
         for flag, help_text in cls.ARGUMENTS:
-            parser.add_argument(flag, required=True, help=help_text)
+            if mixed and flag in ("--train", "--val"):
+                parser.add_argument(flag, required=True, nargs="+", metavar="NAME=PATH", help=help_text)
+            else:
+                parser.add_argument(flag, required=True, help=help_text)
         return parser
+
+    def sets(self) -> dict[str, tuple[Path, Path]]:
+        """The datasets this run trains on: {name: (training shards, validation shards)}."""
+        return self.mixed or {self.dataset: (self.train_shards, self.val_shards)}
 
     def check_inputs(self) -> None:
         """The shards' manifests and the initial checkpoint exist (else: which to make first)."""
-        wanted = [self.train_shards / "manifest.json", self.val_shards / "manifest.json", self.init]
+        wanted = [path / "manifest.json" for pair in self.sets().values() for path in pair] + [self.init]
         missing = [str(path) for path in wanted if path is not None and not Path(path).is_file()]
         if missing:
             raise UserError(f"{', '.join(missing)}: not found; run the stages that make them first (dvc repro)")
@@ -50,6 +61,22 @@ class RunSpec:
     def from_args(cls, args: argparse.Namespace, phase: str, dataset: str, init: str | None = None) -> "RunSpec":
         return cls(phase, dataset, Path(args.train), Path(args.val), Path(args.out), Path(args.state),
                    Path(args.metrics), Path(args.curve), Path(args.tokenizer), Path(init) if init else None, Path.cwd())
+
+    @classmethod
+    def mixed_from_args(cls, args: argparse.Namespace, dataset: str, names: tuple[str, ...],
+                        init: str) -> "RunSpec":
+        """A joint fine-tune's spec from --train and --val given as NAME=PATH, one of each per name."""
+        sets = {}
+        for flag, given in (("--train", args.train), ("--val", args.val)):
+            pairs = dict(item.partition("=")[::2] for item in given)
+            if sorted(pairs) != sorted(names) or len(pairs) != len(given) or not all(pairs.values()):
+                raise UserError(f"{flag}: expected NAME=PATH once for each of {', '.join(names)}; got {' '.join(given)}")
+            for name in names:
+                sets.setdefault(name, []).append(Path(pairs[name]))
+        mixed = {name: (train, val) for name, (train, val) in sets.items()}
+        first = mixed[names[0]]
+        return cls("finetune", dataset, first[0], first[1], Path(args.out), Path(args.state), Path(args.metrics),
+                   Path(args.curve), Path(args.tokenizer), Path(init), Path.cwd(), mixed)
 
 
 @dataclass

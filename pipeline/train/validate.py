@@ -10,6 +10,10 @@ the sums below are then added over processes, so the result does not depend on h
                        train.val_batch_size consecutive samples of one shard (the last batch of a
                        shard is smaller), without gathering across processes
     CoCa loss        = CoCaLoss.combine(contrastive, caption): the phase's weights, as in training
+
+The joint fine-tune validates on each of its sets and reports the plain mean of each metric over the
+sets (each set counts once, whatever its size or its sampling weight: the model is meant to do well
+on every one; early stopping follows that mean) beside each set's own as `<dataset>/<metric>`.
 """
 
 from __future__ import annotations
@@ -51,3 +55,11 @@ def validate(model: nn.Module, loader: ValLoader, loss_fn: CoCaLoss, device: tor
                             f"{con}): the model diverged; training stops and keeps its last good checkpoint")
     return {"coca_loss": loss_fn.combine(con, cap), "caption_loss": cap, "perplexity": math.exp(cap),
             "contrastive_loss": con, "samples": int(n), "corrupt_samples": int(corrupt)}
+
+
+def mean_over_sets(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One validation per dataset -> the mean of each loss over the datasets, plus each one's own."""
+    losses = ("coca_loss", "caption_loss", "perplexity", "contrastive_loss")
+    mean = {k: sum(r[k] for r in results.values()) / len(results) for k in losses}
+    counts = {k: sum(r[k] for r in results.values()) for k in ("samples", "corrupt_samples")}
+    return {**mean, **counts, **{f"{name}/{k}": r[k] for name, r in results.items() for k in losses}}

@@ -34,3 +34,14 @@ def test_built_from_the_yaml_sections():
         build_config({"preset": "smoke", "finetune": {"patiense": 5}})
     with pytest.raises(ConfigError, match=r"train\.precision.*fp32, bf16"):
         build_config({"preset": "smoke", "train": {"precision": "fp16"}})
+
+
+def test_the_joint_fine_tune_section_names_a_bad_value():
+    for preset in ("demo", "paper", "smoke"):
+        assert build_config({"preset": preset}).joint.sampling == "sqrt"  # CROME's balancing by default
+    assert build_config({"preset": "smoke", "joint": {"sampling": "uniform"}}).joint.sampling == "uniform"
+    with pytest.raises(ConfigError, match=r"^key 'joint.sampling': value 'sqrtt' is not allowed; allowed: "
+                                          r"sqrt, proportional, uniform"):
+        build_config({"preset": "smoke", "joint": {"sampling": "sqrtt"}})
+    with pytest.raises(ConfigError, match=r"^key 'joint.epochs': value 0 is not allowed"):
+        build_config({"preset": "smoke", "joint": {"epochs": 0}})
