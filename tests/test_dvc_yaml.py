@@ -15,6 +15,7 @@ import ast
 import functools
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,6 @@ def test_the_committed_dvc_lock_records_this_code():
             if dep["path"].endswith(".py") and hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
                 stale.append(f"{stage}: {dep['path']}")
     assert not stale, "dvc.lock is stale (run `make demo`, commit dvc.lock and metrics/): " + ", ".join(stale)
-    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True,
                             check=True, timeout=120).stdout.split()
     assert sorted(lock) == sorted(listed)  # every stage of dvc.yaml, each item of a foreach
