@@ -157,6 +157,10 @@ def test_dvc_repro_trains_evaluates_and_tracks_everything(repo, env):
     for dataset in ("cc12m", "mscoco", "roco", "flickr30k"):
         assert report["datasets"][dataset]["runs"]["grr"] == runs[
             "pretrain-grr" if dataset == "cc12m" else f"finetune-{dataset}-grr"].info.run_id
+    (group,) = report["joint"]["groups"]  # the joint fine-tune, its per-set numbers from its own run
+    assert group["runs"] == {"0": joint.info.run_id}
+    for dataset in ("mscoco", "roco", "flickr30k"):
+        assert group["summary"][f"{dataset}/coca_loss"]["mean"] == pytest.approx(final[f"{dataset}/coca_loss"])
 
     # The caption command works on the stage's checkpoint alone.
     image = next((repo / "data/raw/demo/mscoco/val2017").glob("*.jpg"))

@@ -8,7 +8,9 @@ Writes `<out>/comparison.md` (and every number in `<out>/comparison.json`):
   relative change, the paper's numbers; a CoCa-loss consistency check per run; captions side by side;
   `<out>/curves-<dataset>.png`, the validation curves (mean over seeds, 95% band);
 - every finished run grouped by what differs (`pipeline.report.groups`): means with intervals,
-  paired differences against the Baseline design, factorial effects; `<out>/groups-<dataset>.png`.
+  paired differences against the Baseline design, factorial effects; `<out>/groups-<dataset>.png`;
+- the joint fine-tune's runs (stage finetune_joint), grouped the same way (`joint.sampling`, design...),
+  with each fine-tuning set's CoCa loss and scores.
 Which runs: see `pipeline.report.runs`.
 """
 
@@ -28,8 +30,10 @@ from .paper import PAPER_LAMBDAS, PAPER_TABLE2
 from .plots import plot_curves, plot_groups
 from .render import COLUMNS, GROUP_METRICS, DatasetResult, as_json, render_markdown
 from .runs import (
+    JOINT_METRICS,
     Selection,
     caption_samples,
+    finished_joint_runs,
     finished_runs,
     run_lambdas,
     run_values,
@@ -143,8 +147,10 @@ def compare(tracking_uri: str | None = None, out_dir: str | Path = "reports", ru
     selections = select_runs(client, experiment_id, runs, f"experiment {experiment} at {uri}")
     results = collect(client, selections, out_dir, finished_runs(client, experiment_id), pinned=bool(runs),
                       reference=design)
+    joint = analyse(finished_joint_runs(client, experiment_id), metrics=[k for k, _, _ in JOINT_METRICS],
+                    reference=design)
     md = out_dir / "comparison.md"
-    md.write_text(render_markdown(results, uri, experiment, notes))
-    report = {**as_json(results, uri, experiment), "experiment_found": experiment_id is not None}
+    md.write_text(render_markdown(results, uri, experiment, notes, joint))
+    report = {**as_json(results, uri, experiment, joint), "experiment_found": experiment_id is not None}
     (out_dir / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
     return md

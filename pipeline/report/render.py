@@ -14,7 +14,7 @@ from pipeline.names import DATASET_TITLES, ENCODER_TITLES, ENCODERS, phase_of
 from .groups import Analysis
 from .groups import as_json as groups_json
 from .paper import PAPER_TABLE2
-from .runs import BENCHMARK_METRICS, EVAL_METRICS, VAL_METRICS, Selection, name_of
+from .runs import BENCHMARK_METRICS, EVAL_METRICS, JOINT_METRICS, VAL_METRICS, Selection, name_of
 from .stats import Estimate
 
 # The report's column order (the paper's): Baseline, then GRR; the change is GRR relative to Baseline.
@@ -286,7 +286,26 @@ def _benchmarks(results: list[DatasetResult]) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(results: list[DatasetResult], uri: str, experiment: str, notes: list[str]) -> str:
+def _joint_section(a: Analysis | None) -> list[str]:
+    """The joint fine-tune's runs (stage finetune_joint), grouped by what differs among them (the
+    sampling, the design, ...): each fine-tuning set's final CoCa loss and evaluate@joint-<ds> scores."""
+    if a is None or not a.groups:
+        return []
+    shown = [(k, label) for k, label, _ in JOINT_METRICS if any(k in a.summary[g.label] for g in a.groups)]
+    lines = ["## Joint fine-tune (MSCOCO, ROCO and Flickr30K at once)", "",
+             f"Factors that differ among the finished joint runs: {', '.join(f'`{f}`' for f in a.factors) or 'none'}; "
+             "replicates are seeds, the latest finished run of each. Mean [95% t-interval]; compare with the "
+             "single-set fine-tunes above.", "",
+             "| group | seeds | metric | value |", "| --- | ---: | --- | ---: |"]
+    for g in a.groups:
+        for k, label in shown:
+            if k in a.summary[g.label]:
+                lines.append(f"| {g.label} | {len(g.runs)} | {label} | {_fmt_est(a.summary[g.label][k], _digits(k))} |")
+    return lines + [""]
+
+
+def render_markdown(results: list[DatasetResult], uri: str, experiment: str, notes: list[str],
+                    joint: Analysis | None = None) -> str:
     lines = [
         "# GRR-CoCa vs Baseline CoCa",
         "",
@@ -323,10 +342,11 @@ def render_markdown(results: list[DatasetResult], uri: str, experiment: str, not
             lines += ["No validation curves: neither encoder has a run with `val/` metrics.", ""]
         lines += _captions(res)
         lines += _group_section(res)
+    lines += _joint_section(joint)
     return "\n".join(lines)
 
 
-def as_json(results: list[DatasetResult], uri: str, experiment: str) -> dict[str, Any]:
+def as_json(results: list[DatasetResult], uri: str, experiment: str, joint: Analysis | None = None) -> dict[str, Any]:
     """The report's numbers: per validation set, the runs, both encoders' values, the changes, the paper's,
     the estimates over seeds and every run's grouping."""
     out: dict[str, Any] = {"tracking_uri": uri, "experiment": experiment, "datasets": {}}
@@ -348,4 +368,5 @@ def as_json(results: list[DatasetResult], uri: str, experiment: str) -> dict[str
             "groups": groups_json(res.analysis) if res.analysis is not None else None,
             "captions": res.captions,
         }
+    out["joint"] = groups_json(joint) if joint is not None and joint.groups else None
     return out

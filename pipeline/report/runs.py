@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.names import DATASET_TITLES, ENCODER_TITLES, ENCODERS, PRETRAIN_DATASET, TABLE2_ORDER, phase_of, run_name
+from pipeline.names import (DATASET_TITLES, ENCODER_TITLES, ENCODERS, FINETUNE_DATASETS, JOINT, PRETRAIN_DATASET,
+                            TABLE2_ORDER, phase_of, run_name)
 
 from .paper import PAPER_LAMBDAS
 
@@ -45,6 +46,15 @@ BENCHMARK_METRICS = (
                           ("t2i_r5", "text→image R@5 (%)", False), ("t2i_r10", "text→image R@10 (%)", False),
                           ("bleu4", "BLEU-4", False), ("cider", "CIDEr", False))),
 )
+
+
+# The joint fine-tune (stage finetune_joint): per fine-tuning set, its final validation CoCa loss
+# (final/<ds>/coca_loss) and the evaluate@joint-<ds> scores (eval/<ds>/<m>).
+JOINT_METRICS = tuple(
+    (f"{d}/{k}", f"{DATASET_TITLES[d]} {label}", lower)
+    for d in FINETUNE_DATASETS
+    for k, label, lower in (("coca_loss", "CoCa loss", True), ("bleu4", "BLEU-4", False), ("cider", "CIDEr", False),
+                            ("i2t_r1", "i→t R@1", False), ("t2i_r1", "t→i R@1", False)))
 
 
 @dataclass
@@ -167,6 +177,10 @@ def run_values(run) -> dict[str, float]:
     for key, _, _ in EVAL_METRICS + BENCHMARK_METRICS:
         if f"eval/{key}" in m:
             out[key] = m[f"eval/{key}"]
+    for key, _, _ in JOINT_METRICS:  # a joint fine-tune's per-set metrics (no other run logs these)
+        value = m.get(f"final/{key}", m.get(f"eval/{key}"))
+        if value is not None:
+            out[key] = value
     return out
 
 
@@ -200,6 +214,14 @@ def finished_runs(client, experiment_id: str | None) -> dict[str, list]:
         if run.info.status == "FINISHED" and dataset is not None:
             out[dataset].append(run)
     return out
+
+
+def finished_joint_runs(client, experiment_id: str | None) -> list:
+    """Every finished joint fine-tune run (tag dataset=joint), newest first."""
+    if experiment_id is None:
+        return []
+    return [run for run in _all_runs(client, experiment_id)
+            if run.info.status == "FINISHED" and run.data.tags.get("dataset") == JOINT]
 
 
 def caption_samples(client, run) -> dict[str, dict]:

@@ -195,3 +195,32 @@ def test_the_new_switches_are_factors_old_runs_at_their_defaults() -> None:
     assert factors == ["vit.ffn", "model.text.ffn"]
     assert {g.label for g in groups} == {"ffn=geglu, text.ffn=geglu (grr)", "ffn=geglu, text.ffn=swiglu (grr)",
                                          "ffn=swiglu, text.ffn=geglu"}
+
+
+def test_joint_fine_tunes_are_grouped_by_their_sampling_and_reported_per_set() -> None:
+    """The joint fine-tune's runs (tag dataset=joint) appear in the report, grouped by `joint.sampling`,
+    with each fine-tuning set's final CoCa loss and evaluate@joint-<ds> scores, averaged over seeds."""
+    from types import SimpleNamespace
+
+    from pipeline.report.groups import analyse
+    from pipeline.report.render import _joint_section, as_json
+    from pipeline.report.runs import JOINT_METRICS
+
+    def run(rid: str, seed: int, sampling: str, loss: float) -> SimpleNamespace:
+        tags = {**dict(zip(("vit.norm", "vit.ffn", "vit.pos"), BUNDLES["grr"])), "dataset": "joint"}
+        params = {"train.seed": str(seed), "joint.sampling": sampling, **tags}
+        metrics = {"final/mscoco/coca_loss": loss, "eval/mscoco/bleu4": 0.3, "final/roco/coca_loss": loss + 8,
+                   "eval/flickr30k/t2i_r1": 50.0 + seed}
+        return SimpleNamespace(info=SimpleNamespace(run_id=rid), data=SimpleNamespace(params=params, tags=tags,
+                                                                                       metrics=metrics))
+
+    runs = [run("a", 0, "sqrt", 5.0), run("b", 1, "sqrt", 5.2), run("c", 0, "uniform", 6.0)]
+    joint = analyse(runs, metrics=[k for k, _, _ in JOINT_METRICS])
+    assert joint.factors == ["joint.sampling"]
+    sqrt = joint.summary["sampling=sqrt"]
+    assert sqrt["mscoco/coca_loss"].mean == pytest.approx(5.1) and sqrt["mscoco/coca_loss"].n == 2
+    assert sqrt["roco/coca_loss"].mean == pytest.approx(13.1) and sqrt["flickr30k/t2i_r1"].mean == pytest.approx(50.5)
+    text = "\n".join(_joint_section(joint))
+    assert "## Joint fine-tune" in text and "| sampling=uniform | 1 | MSCOCO CoCa loss | 6.0000 |" in text
+    assert as_json([], "uri", "exp", joint)["joint"]["factors"] == ["joint.sampling"]
+    assert _joint_section(analyse([])) == [] and as_json([], "uri", "exp")["joint"] is None
