@@ -5,13 +5,11 @@ others `git clone` (or pull) the repository and `dvc pull`; nothing is recompute
 """
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from test_pipeline import COPIED, ROOT, dvc, run
+from test_pipeline import copy_as_smoke_repo, dvc, run
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +36,7 @@ def would_run(repo, env) -> list[str]:
 
 def test_data_stages_pushed_to_a_remote_and_pulled_into_a_clone_are_up_to_date(tmp_path, env):
     origin, clone, remote = tmp_path / "origin", tmp_path / "clone", tmp_path / "remote"
-    for name in [*COPIED, ".dvc/.gitignore"]:  # .dvc/.gitignore: the cache is not committed
-        src, dst = ROOT / name, origin / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    params = yaml.safe_load((origin / "params.yaml").read_text())
-    params["preset"] = "smoke"
-    (origin / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    copy_as_smoke_repo(origin, extra=(".dvc/.gitignore",))  # .dvc/.gitignore: the cache is not committed
     git(origin, "init", "-q")
 
     run(dvc("repro", *DATA_STAGES), origin, env)

@@ -25,11 +25,9 @@ def run(cmd, cwd, env=None):
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A copy of the project with preset: smoke, as a fresh clone would have it (no data, no cache)."""
-    repo = tmp_path_factory.mktemp("repo")
-    for name in COPIED:
+def copy_as_smoke_repo(repo: Path, extra: tuple[str, ...] = ()) -> Path:
+    """The project's files (COPIED, plus `extra`) in `repo`, with preset: smoke; no data, no cache."""
+    for name in [*COPIED, *extra]:
         src, dst = ROOT / name, repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
@@ -39,6 +37,13 @@ def repo(tmp_path_factory):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["preset"] = "smoke"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the project with preset: smoke, as a fresh clone would have it (no data, no cache)."""
+    repo = copy_as_smoke_repo(tmp_path_factory.mktemp("repo"))
     run(["git", "init", "-q"], repo)
     return repo
 
