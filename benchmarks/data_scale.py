@@ -25,6 +25,7 @@ run once per N; the shard stage runs once per --resize-at value on their outputs
 wall seconds, CPU seconds (user + system of the stage's whole process tree: os.wait4's rusage, which
 includes the children it reaped: img2dataset's workers, the shard stage's pool), peak RSS (the
 largest single process of that tree, as the kernel reports ru_maxrss) and the bytes the stage wrote.
+The shard stage runs with one torch thread per process (SHARD_ENV says why).
 The server's own CPU is in this script's process and is not counted.
 
 Then: the download stage's CPU (img2dataset, with our bookkeeping and the interpreter's start) beside
@@ -79,6 +80,11 @@ MISSING_PERCENT, NOT_IMAGE_PERCENT = 2, 1
 STAGES = ("download", "split", "tokenize", "shard")
 POOL_SIDES = {"demo": (120, 480), "paper": (320, 800)}  # the pool images' width and height range, by --images
 LOAD_SAMPLES = 1000  # training samples whose load-time cost is measured
+# The shard stage resizes a split of one download tar in its own process, with all of torch's threads,
+# and a split of several in worker processes of one thread each. At the smaller sizes here every split
+# is one tar; one thread makes them cost what they cost at CC12M's scale (idle OpenMP threads that spin
+# on a busy machine count as CPU otherwise: 16 of 22 CPU s at 2,000 paper-size rows, when first run).
+SHARD_ENV = {"OMP_NUM_THREADS": "1"}
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey", "brown"]
 THINGS = ["dog", "cat", "house", "car", "tree", "boat", "bicycle", "woman", "man", "child", "bird",
@@ -262,7 +268,7 @@ def run_size(rows: int, work: Path, pool: list[bytes], images: str, modes: list[
                                       "--out", f"shards-{mode}", "--counts", f"shard-{mode}.json"],
                                      [f"shards-{mode}", f"shard-{mode}.json"])
         for name, (argv, outs) in plan.items():
-            results[name] = run_stage(argv, work, env)
+            results[name] = run_stage(argv, work, {**env, **SHARD_ENV} if name.startswith("shard") else env)
             results[name]["bytes"] = size_of(*(work / o for o in outs))
             print(f"  {rows} rows: {name} {results[name]['wall']:.1f} s", flush=True)
     report = json.loads((work / "download.json").read_text())
