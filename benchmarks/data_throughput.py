@@ -93,7 +93,8 @@ def bench_shard(n: int, image_size: int, workers: int, root: Path, textured: boo
     tokens = np.zeros((len(pairs), 65), dtype=np.int32)
     start = time.perf_counter()
     cfg = dataclasses.replace(build_config({"preset": "paper"}).data.shard, image_size=image_size,
-                              samples_per_shard=1000, workers=workers)
+                              samples_per_shard=1000, workers=workers,
+                              resize_at="shard")  # what this measures (the paper preset's is load: data_scale.py)
     manifest = shard_split("bench", "train", pairs, tokens, download, root / f"out{workers}", cfg)
     assert manifest["samples"] == len(pairs)
     return len(pairs) / (time.perf_counter() - start)

@@ -25,6 +25,7 @@ import yaml
 from pipeline.checks import (ConfigError, check_bool, check_choice, check_ints, check_number, check_text,
                              fail)
 from pipeline.model.config import ModelConfig
+from pipeline.names import RESIZE_AT
 from pipeline.tokens import TokenLayout
 from pipeline.train.config import FinetuneConfig, JointConfig, PretrainConfig, TrainConfig
 
@@ -165,8 +166,12 @@ class ShardConfig:
     # How a non-square image becomes the square (pipeline/data/preprocess.py): naive squashes it (the
     # paper's), letterbox pads it with the mean colour first, crop keeps the centre (Prismatic's three)
     resize_mode: Literal["naive", "letterbox", "crop"]
+    # Where the square is made (pipeline/data/shard.py): shard stores it as JPEG; load stores the
+    # downloaded file and the loader makes it, as inference does (no second JPEG compression, and
+    # the shard stage decodes nothing)
+    resize_at: Literal["shard", "load"]
     samples_per_shard: int
-    jpeg_quality: int
+    jpeg_quality: int  # resize_at shard only
     workers: int  # processes decoding and resizing
     seed: int  # the within-tar shuffle of pairs
 
@@ -176,6 +181,7 @@ class ShardConfig:
         check_ints(self, p, ("jpeg_quality",), minimum=1, maximum=100)
         check_ints(self, p, ("seed",), minimum=0)
         check_choice(self, p, "resize_mode", ("naive", "letterbox", "crop"))
+        check_choice(self, p, "resize_at", RESIZE_AT)
 
 
 @dataclass

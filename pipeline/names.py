@@ -23,6 +23,12 @@ ENCODER_TITLES = {"baseline": "Baseline CoCa", "grr": "GRR-CoCa"}
 
 PHASES = ("pretrain", "finetune")
 
+# data.shard.resize_at: where an image becomes the model's square, in the shard stage (stored as JPEG) or
+# in the loader (the downloaded file stored as it is); pipeline/data/shard.py.
+RESIZE_AT = ("shard", "load")
+# A shard sample's image member: jpg, or with resize_at load the downloaded file's own format.
+IMAGE_FIELDS = ("jpg", "png", "webp")
+
 # The MLflow experiment every stage logs to.
 EXPERIMENT = "grr-coca"
 

@@ -116,6 +116,7 @@ BAD_VALUES = [
     ("evaluate.max_images", -1, "an integer >= 0"),
     ("evaluate.batch_size", 0, "an integer >= 1"),
     ("data.shard.resize_mode", "squash", "naive, letterbox, crop"),
+    ("data.shard.resize_at", "gpu", "shard, load"),
     ("finetune.crop_scale", [0.9, 0.5], "null or [low, high] with 0 < low <= high <= 1 (fractions of the image's area)"),
     ("finetune.crop_scale", [0.0, 1.0], "null or [low, high] with 0 < low <= high <= 1 (fractions of the image's area)"),
 ]

@@ -19,6 +19,8 @@ without decoding and drops what was already read.
 Images travel as uint8 (decoded with torchvision in the loader's worker processes, where a corrupt
 sample can be replaced without changing the batch) and are normalised on the training device
 (`Batch.images`): a quarter of float32's bytes to copy, and the arithmetic on the GPU when there is one.
+Shards made with data.shard.resize_at: load hold the downloaded files; `decode_sample` makes them
+square in those workers (pipeline/data/preprocess.py's prepare_image, as inference does).
 Fine-tuning may augment them (pipeline/data/preprocess.py's Augment); each sample's draws are seeded
 by (seed, epoch, stream, position), so a resumed epoch replays them.
 
@@ -45,7 +47,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.data.preprocess import Augment, decode_image, normalize
+from pipeline.data.preprocess import Augment, decode_image, normalize, prepare_image
+from pipeline.names import IMAGE_FIELDS, RESIZE_AT
 
 
 class CorruptSample(ValueError):
@@ -79,7 +82,8 @@ class Manifest:
     samples: int
     image_size: int
     context_length: int
-    resize_mode: str  # how the shard stage made the squares (pipeline/data/preprocess.py)
+    resize_mode: str  # how the images are made square (pipeline/data/preprocess.py)
+    resize_at: str  # where: shard (stored square) or load (stored as downloaded; decode_sample makes it)
 
     @classmethod
     def load(cls, shard_dir: str | Path) -> "Manifest":
@@ -92,8 +96,11 @@ class Manifest:
         shards = tuple((s["file"], int(s["samples"])) for s in data["shards"] if int(s["samples"]) > 0)
         if not shards:
             raise ValueError(f"{path}: the split has no samples")
+        resize_at = data.get("resize_at", "shard")  # (older manifests: shard)
+        if resize_at not in RESIZE_AT:
+            raise ValueError(f"{path}: resize_at {resize_at!r}: allowed {', '.join(RESIZE_AT)}")
         return cls(root, shards, sum(n for _, n in shards), int(data["image_size"]),
-                   int(data["context_length"]), data.get("resize_mode", "naive"))  # (older manifests: naive)
+                   int(data["context_length"]), data.get("resize_mode", "naive"), resize_at)  # (older: naive)
 
     def counts(self, files: list[str] | tuple[str, ...]) -> list[int]:
         """The samples each of these shard files holds."""
@@ -112,13 +119,18 @@ class Manifest:
 # ----------------------------------------------------------------------------- samples
 
 
-def decode_sample(sample: dict, image_size: int, context_length: int,
+def decode_sample(sample: dict, manifest: Manifest,
                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (image uint8 (3, S, S), tokens int64 (context_length + 1,)); CorruptSample if unusable,
-    token ids outside [0, vocab_size) included (they would crash the embedding)."""
+    token ids outside [0, vocab_size) included (they would crash the embedding). The image is the
+    stored square (resize_at shard), or the stored download made square here (load)."""
+    image_size, context_length = manifest.image_size, manifest.context_length
     try:
-        pixels = decode_image(sample["jpg"])
-        if pixels.shape[1:] != (image_size, image_size):
+        field = next((f for f in IMAGE_FIELDS if f in sample), "jpg")  # (none: a KeyError below)
+        pixels = decode_image(sample[field])
+        if manifest.resize_at == "load":
+            pixels = prepare_image(pixels, image_size, manifest.resize_mode)
+        elif pixels.shape[1:] != (image_size, image_size):
             raise CorruptSample(f"image is {pixels.shape[2]}x{pixels.shape[1]}, expected {image_size}x{image_size}")
         tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
     except CorruptSample:
@@ -264,7 +276,7 @@ class _TrainChunks(IterableDataset):
                     try:
                         if item is None:
                             raise CorruptSample("unreadable tar member")
-                        image, tok = decode_sample(item, lo.manifest.image_size, lo.manifest.context_length, lo.vocab_size)
+                        image, tok = decode_sample(item, lo.manifest, lo.vocab_size)
                     except CorruptSample:
                         bad[s] += 1
                         failures += 1
@@ -397,7 +409,7 @@ class _ValBatches(IterableDataset):
             images, tokens = [], []
             for sample in read_shards([lo.manifest.root / f], errors, lo.manifest.counts([f])):
                 try:
-                    image, tok = decode_sample(sample, lo.manifest.image_size, lo.manifest.context_length, lo.vocab_size)
+                    image, tok = decode_sample(sample, lo.manifest, lo.vocab_size)
                 except CorruptSample:
                     bad += 1
                     continue

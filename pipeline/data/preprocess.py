@@ -1,10 +1,12 @@
 """Image preprocessing (docs/paper.md §Image preprocessing), one definition for every path, with
-torchvision's decoders and transforms: the shard stage stores what `prepare_image` makes, and
-training, evaluation and inference all see exactly that.
+torchvision's decoders and transforms: training, evaluation and inference all see what `prepare_image`
+makes. Where it runs is `data.shard.resize_at`: `shard` stores its square as a JPEG (so training sees
+it compressed once more), `load` stores the downloaded bytes and the loader runs it, as inference does.
 
+    encoded bytes -> (width, height), header only                probe_image       (shard, resize_at load)
     encoded bytes -> uint8 RGB (3, H, W)                         decode_image      (shard, loader, inference)
-    uint8 (3, H, W) -> uint8 (3, S, S): naive | letterbox | crop prepare_image     (shard, inference)
-    uint8 (3, S, S) -> JPEG bytes                                encode_jpeg       (shard)
+    uint8 (3, H, W) -> uint8 (3, S, S): naive | letterbox | crop prepare_image     (shard or loader, inference)
+    uint8 (3, S, S) -> JPEG bytes                                encode_jpeg       (shard, resize_at shard)
     uint8 (3, S, S) -> random crop / flip, same size             augment           (fine-tuning loader, opt-in)
     uint8 (B, 3, S, S) -> [0, 1] -> ImageNet mean / std          normalize         (on the training device)
 
@@ -52,6 +54,14 @@ def decode_image(data: bytes) -> torch.Tensor:
         image.load()
         rgb = image.convert("RGB")
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()
+
+
+def probe_image(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the header alone (PIL's lazy open, some 40 µs): raises on bytes that
+    are no image format PIL knows or whose header is cut short. Pixels that are corrupt behind a good
+    header pass; decode_image finds them."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
 
 
 def prepare_image(pixels: torch.Tensor, image_size: int, resize_mode: str = "naive") -> torch.Tensor:

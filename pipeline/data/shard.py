@@ -1,25 +1,34 @@
-"""Training shards: resized images joined with their token ids, as webdataset tars.
+"""Training shards: images joined with their token ids, as webdataset tars.
 
 Each (image, caption) pair of a split becomes one sample:
 
-    <key>.jpg         the image, RGB, made image_size x image_size by pipeline/data/preprocess.py, JPEG
+    <key>.jpg         the image, by data.shard.resize_at (recorded in the manifest):
+                        shard: RGB, made image_size x image_size by pipeline/data/preprocess.py, JPEG
+                        load:  the downloaded file's bytes as they are (<key>.png or .webp if it is one);
+                               the loader makes the square (pipeline/data/loader.py's decode_sample)
     <key>.tokens.npy  int32 token ids, context_length + 1 of them (see pipeline.data.tokenizer)
     <key>.txt         the raw caption
     <key>.json        where it came from: dataset, split, image_id, caption_index, url, source tar/key
 
-An image that cannot be decoded is skipped and counted, never fatal. The images of one downloaded
-tar are decoded and resized once (in a worker process), however many captions they have; their
-pairs are then shuffled with a seed and cut into shards (the loader shuffles again across shards),
-so the five captions of a COCO image rarely meet in one batch.
+An image that cannot be decoded is skipped and counted, never fatal. With resize_at shard, the images
+of one downloaded tar are decoded and resized once (in a worker process), however many captions they
+have. With resize_at load nothing is decoded here, which is most of this stage's CPU: only the header
+is read (probe_image), so bytes that are no image are skipped and counted here, and an image whose
+pixels are corrupt behind a good header is skipped and counted by the loader. img2dataset decoded and
+re-encoded every file it saved (pipeline/data/download.py), so those are rare. The pairs are then
+shuffled with a seed and cut into shards (the loader shuffles again across shards), so the five
+captions of a COCO image rarely meet in one batch.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import functools
 import random
 import tarfile
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +38,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.data.preprocess import decode_image, encode_jpeg, prepare_image
+from pipeline.data.preprocess import decode_image, encode_jpeg, prepare_image, probe_image
 from pipeline.io import atomic_write, write_json
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # of a downloaded image
 
 
 @dataclass(frozen=True)
@@ -49,18 +58,33 @@ class ShardJob:
     out_dir: Path
     image_size: int
     resize_mode: str
+    resize_at: str
     jpeg_quality: int
     samples_per_shard: int
     seed: int
 
 
-def resize_tar_images(tar_path: str, keys: set[str], image_size: int, resize_mode: str,
-                      jpeg_quality: int) -> tuple[dict[str, bytes | str], str]:
-    """The wanted images of one downloaded tar, each resized and re-encoded as soon as it is read
-    (JPEG bytes, or the reason it could not be decoded), and why the keys not in the result are
-    missing. Only one source image is held at a time: a download tar holds up to
-    data.download.number_sample_per_shard of them (10,000 in the presets: 0.4 GB at 40 kB a JPEG)."""
-    images: dict[str, bytes | str] = {}
+Stored = tuple[str, bytes]  # a sample's image: (field, one of pipeline.names.IMAGE_FIELDS; bytes)
+
+
+def stored_image(raw: bytes, ext: str, *, resize_at: str, image_size: int, resize_mode: str,
+                 jpeg_quality: int) -> Stored:
+    """What a sample stores of a downloaded image file (extension `ext`); raises if it is unusable.
+    shard: the model's square as JPEG. load: the file itself, once its header reads as an image."""
+    if resize_at == "load":
+        probe_image(raw)
+        return ("jpg" if ext == "jpeg" else ext), raw
+    return "jpg", encode_jpeg(prepare_image(decode_image(raw), image_size, resize_mode), jpeg_quality)
+
+
+def read_tar_images(tar_path: str, keys: set[str],
+                    store: Callable[[bytes, str], Stored]) -> tuple[dict[str, Stored | str], str]:
+    """The wanted images of one downloaded tar, each passed through `store` as soon as it is read
+    (what to store, or the reason it is unusable), and why the keys not in the result are missing.
+    One source image is held at a time, beside what `store` made of the others: a download tar holds
+    up to data.download.number_sample_per_shard of them (10,000 in the presets: 0.4 GB at 40 kB a JPEG,
+    all of which resize_at load keeps)."""
+    images: dict[str, Stored | str] = {}
     try:
         with tarfile.open(tar_path) as tar:
             for member in tar:
@@ -68,8 +92,7 @@ def resize_tar_images(tar_path: str, keys: set[str], image_size: int, resize_mod
                 if stem in keys and f".{ext.lower()}" in IMAGE_EXTENSIONS and member.isfile():
                     raw = tar.extractfile(member).read()
                     try:
-                        images[stem] = encode_jpeg(prepare_image(decode_image(raw), image_size, resize_mode),
-                                                   jpeg_quality)
+                        images[stem] = store(raw, ext.lower())
                     except Exception as e:  # noqa: BLE001 - any decoder failure means: skip and count
                         images[stem] = f"undecodable image: {type(e).__name__}"
     except (OSError, tarfile.TarError) as e:  # a truncated or corrupt tar: keep what was read before
@@ -85,21 +108,22 @@ def one_torch_thread() -> None:
 
 
 def process_tar(job: ShardJob) -> tuple[list[dict], Counter]:
-    """Decode and resize one tar's images, shuffle its pairs and write them as shards.
+    """Store one tar's images (resized, or as they are), shuffle its pairs and write them as shards.
 
-    Runs in a worker process; holds one downloaded tar's resized images in memory at a time (and one
+    Runs in a worker process; holds one downloaded tar's stored images in memory at a time (and one
     source image), whatever the dataset's size.
     Returns the manifest entries of the shards written and the skip counts.
     """
     keys = {pair[1] for pair in job.pairs}
-    resized, missing_reason = resize_tar_images(job.tar_path, keys, job.image_size, job.resize_mode,
-                                                job.jpeg_quality)
+    store = functools.partial(stored_image, resize_at=job.resize_at, image_size=job.image_size,
+                              resize_mode=job.resize_mode, jpeg_quality=job.jpeg_quality)
+    stored, missing_reason = read_tar_images(job.tar_path, keys, store)
     skipped: Counter = Counter()  # one count per skipped pair, under the reason of its image
     counted: set[str] = set()  # the skipped images whose reason is counted (on their first pair)
     samples = []
     for (row, key, url, image_id, caption_index, caption), tokens in zip(job.pairs, job.tokens):
-        image = resized.get(key)
-        if not isinstance(image, bytes):
+        image = stored.get(key)
+        if not isinstance(image, tuple):
             skipped["pair of a skipped image" if key in counted else image or missing_reason] += 1
             counted.add(key)
             continue
@@ -113,8 +137,9 @@ def process_tar(job: ShardJob) -> tuple[list[dict], Counter]:
         }
         buffer = io.BytesIO()
         np.save(buffer, tokens.astype(np.int32))
+        field, data = image
         fields = {
-            "jpg": image,
+            field: data,
             "tokens.npy": buffer.getvalue(),
             "txt": caption.encode(),
             "json": json.dumps(meta, sort_keys=True).encode(),
@@ -155,7 +180,7 @@ def shard_split(
     cfg: Any,
 ) -> dict:
     """Write the shards of one split under out_dir and return its manifest. `cfg` is the `data.shard`
-    section (image_size, resize_mode, samples_per_shard, jpeg_quality, workers, seed)."""
+    section (image_size, resize_mode, resize_at, samples_per_shard, jpeg_quality, workers, seed)."""
     if len(pairs) != len(tokens):
         raise ValueError(f"{dataset}/{split}: {len(pairs)} pairs but {len(tokens)} token rows")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +202,7 @@ def shard_split(
                 out_dir=out_dir,
                 image_size=cfg.image_size,
                 resize_mode=cfg.resize_mode,
+                resize_at=cfg.resize_at,
                 jpeg_quality=cfg.jpeg_quality,
                 samples_per_shard=cfg.samples_per_shard,
                 seed=cfg.seed,
@@ -201,6 +227,7 @@ def shard_split(
         "skipped_total": sum(skipped.values()),
         "image_size": cfg.image_size,
         "resize_mode": cfg.resize_mode,
+        "resize_at": cfg.resize_at,  # load: the loader makes the image_size square (older manifests: shard)
         "context_length": int(tokens.shape[1] - 1),
         "shards": shards,
     }

@@ -50,7 +50,7 @@ def read_validation_set(shard_dir: str | Path, max_images: int = 0, vocab_size: 
             caption = sample["txt"].decode()
             if image_id not in index and max_images and len(index) >= max_images:
                 continue
-            pixels, tokens = decode_sample(sample, manifest.image_size, manifest.context_length, vocab_size)
+            pixels, tokens = decode_sample(sample, manifest, vocab_size)
         except (CorruptSample, KeyError, ValueError):  # a corrupt sample is skipped and counted, as in training
             out.corrupt += 1
             continue

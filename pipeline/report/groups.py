@@ -35,7 +35,7 @@ NOT_FACTORS = {"train.seed", "model.encoder", "model.vit.norm", "model.vit.ffn",
 # value): a run from before a switch existed ran at its default, so the switch is a factor as soon as
 # runs differ in it, old runs included.
 SWITCH_DEFAULTS = {"model.text.ffn": "geglu", "train.contrastive_loss": "softmax", "finetune.mode": "full",
-                   "finetune.freeze": "[]", "data.shard.resize_mode": "naive",
+                   "finetune.freeze": "[]", "data.shard.resize_mode": "naive", "data.shard.resize_at": "shard",
                    "pretrain.crop_scale": "None", "pretrain.hflip": "False",
                    "finetune.crop_scale": "None", "finetune.hflip": "False"}
 METRIC_KEYS = [k for k, _, _ in VAL_METRICS + EVAL_METRICS + BENCHMARK_METRICS]

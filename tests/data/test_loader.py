@@ -1,7 +1,9 @@
 import io
+import json
 import tarfile
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from support.trainkit import write_split
@@ -179,3 +181,44 @@ def test_batches_carry_uint8_pixels_and_normalise_where_they_are():
     pixels = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     batch = Batch(pixels, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)).to(torch.device("cpu"))
     assert batch.pixels.dtype == torch.uint8 and torch.equal(batch.images, normalize(pixels))
+
+
+def test_load_shards_are_made_square_by_the_loader_exactly_as_inference_makes_them(tmp_path):
+    from support.trainkit import write_download
+
+    from pipeline.config import build_config
+    from pipeline.data.loader import Manifest, read_shards
+    from pipeline.data.preprocess import decode_image, prepare_image
+    from pipeline.data.shard import shard_split
+
+    write_download(tmp_path, {"val": 12}, corrupt=(5,))  # image 5: a good header, pixels cut short
+    cfg = build_config({"preset": "smoke", "data": {"shard": {"resize_at": "load", "resize_mode": "letterbox"}}})
+    shard_split("cc12m", "val", pd.read_parquet(tmp_path / "splits/val.parquet"), np.load(tmp_path / "tokens/val.npy"),
+                tmp_path / "download", tmp_path / "shards", cfg.data.shard)
+    manifest = Manifest.load(tmp_path / "shards")
+    assert (manifest.resize_at, manifest.resize_mode, manifest.samples) == ("load", "letterbox", 12)
+
+    with tarfile.open(tmp_path / "download/00000.tar") as tar:
+        source = {m.name[:-4]: tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")}
+    keys = [json.loads(s["json"])["source"].split(":")[1]
+            for s in read_shards([manifest.root / f for f, _ in manifest.shards], [0])]
+    expected = [prepare_image(decode_image(source[key]), 32, "letterbox") for key in keys if key != "000000005"]
+
+    val = ValLoader(tmp_path / "shards", batch_size=4)
+    assert torch.equal(torch.cat([b.pixels for b in val]), torch.stack(expected))  # in shard order
+    assert val.corrupt == 1
+
+    train = loader(tmp_path / "shards", micro_batch_size=4, grad_accum_steps=1)
+    seen = torch.cat([b.pixels for b in epoch_batches(train)])
+    assert all(any(torch.equal(image, e) for e in expected) for image in seen)
+    assert train.corrupt_total == 1  # the stream that held it ran short and started over
+
+
+def test_a_manifest_with_an_unknown_resize_at_is_refused_by_name(tmp_path):
+    from pipeline.data.loader import Manifest
+
+    manifest = write_split(tmp_path, "cc12m", "val", 4)
+    assert Manifest.load(tmp_path).resize_at == "shard"  # a manifest from before the switch
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "resize_at": "gpu"}))
+    with pytest.raises(ValueError, match=r"manifest.json: resize_at 'gpu': allowed shard, load"):
+        Manifest.load(tmp_path)

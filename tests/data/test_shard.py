@@ -106,3 +106,38 @@ def test_a_missing_or_unreadable_download_tar_is_counted_not_fatal(tmp_path):
     (tmp_path / "dl" / "main" / "00000.tar").write_bytes(b"garbage")
     manifest = shard_split("cc12m", "train", pairs, tokens, tmp_path / "dl", tmp_path / "out", shard_cfg(image_size=16))
     assert manifest["samples"] == 0 and manifest["skipped_total"] == len(pairs)
+
+
+def noisy_jpeg(width, height, seed=0):
+    """A JPEG of noise: its first half holds the whole header but not the pixels."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_load_shards_hold_the_downloaded_files_as_they_are_and_skip_what_is_no_image(tmp_path):
+    (tmp_path / "dl").mkdir()
+    png = io.BytesIO()
+    Image.new("RGB", (20, 50), (0, 0, 255)).save(png, format="PNG")
+    truncated = noisy_jpeg(40, 30, seed=1)[:700]  # a good header: counted by the loader, not here
+    files = {"000000000.jpg": noisy_jpeg(40, 30), "000000001.png": png.getvalue(),
+             "000000002.jpg": b"this is not an image", "000000003.jpg": truncated}
+    write_download_tar(tmp_path / "dl" / "00000.tar", files)
+    rows = [("00000.tar", f"{key:09d}", f"file:///img/{key}", str(key), index, f"c{key}.{index}")
+            for key, captions in enumerate([2, 1, 2, 1]) for index in range(captions)]
+    pairs = pd.DataFrame(rows, columns=["tar", "key", "url", "image_id", "caption_index", "caption"])
+    tokens = np.zeros((len(pairs), 9), dtype=np.int32)
+    manifest = shard_split("cc12m", "train", pairs, tokens, tmp_path / "dl", tmp_path / "out",
+                           shard_cfg(image_size=16, resize_at="load"))
+
+    assert (manifest["resize_at"], manifest["image_size"], manifest["resize_mode"]) == ("load", 16, "naive")
+    assert manifest["samples"] == 4  # 2 + 1 pairs of the good images, 1 of the truncated one
+    assert manifest["skipped"] == {"undecodable image: UnidentifiedImageError": 1, "pair of a skipped image": 1}
+    stored = {}
+    for fields in read_samples(tmp_path / "out").values():
+        (image_field,) = set(fields) - {"tokens.npy", "txt", "json"}
+        stored[json.loads(fields["json"])["source"], image_field] = fields[image_field]
+    assert stored == {("00000.tar:000000000", "jpg"): files["000000000.jpg"],  # byte for byte
+                      ("00000.tar:000000001", "png"): files["000000001.png"],
+                      ("00000.tar:000000003", "jpg"): truncated}

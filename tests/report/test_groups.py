@@ -181,6 +181,8 @@ def test_the_new_switches_are_factors_old_runs_at_their_defaults() -> None:
     assert factors == ["finetune.freeze", "finetune.mode", "model.text.ffn", "train.contrastive_loss"]
     letterbox = run("letterbox", 0, **{**new, "data.shard.resize_mode": "letterbox"})
     assert group_runs([run("old", 0), letterbox])[0] == ["data.shard.resize_mode"]
+    at_load = run("at-load", 0, **{**new, "data.shard.resize_at": "load"})
+    assert group_runs([run("old", 0), at_load])[0] == ["data.shard.resize_at"]
     by_label = {g.label: sorted(r.info.run_id for r in g.runs.values()) for g in groups}
     assert by_label == {
         "freeze=[], mode=full, ffn=geglu, contrastive_loss=softmax": ["old", "today"],  # seeds 0 and 1

@@ -1,5 +1,6 @@
 """Helpers of the trainer tests: tiny generated shards in the shard stage's format
-written by pipeline/data/shard.py's own writer with pipeline/tokens.py's layout, params files, and the pretrain stage run under torchrun.
+written by pipeline/data/shard.py's own writer with pipeline/tokens.py's layout, or the shard stage's
+inputs (a download tar, split tables, token arrays), params files, and the pretrain stage run under torchrun.
 
 Images and captions are tied by a class: each class has its own colour pattern and its own caption
 words, so that a tiny model can learn something in a few steps.
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from PIL import Image
 
@@ -29,10 +31,12 @@ def sample_tokens(rng: np.random.Generator, cls_index: int, context_length: int,
     return np.asarray(layout.sequence(rng.choice(words, size=n).tolist(), context_length)[0], dtype=np.int32)
 
 
-def sample_image(rng: np.random.Generator, cls_index: int, size: int) -> bytes:
+def sample_image(rng: np.random.Generator, cls_index: int, size: int, height: int | None = None) -> bytes:
+    """A JPEG of size x size pixels (size x height if given) in the class's colours."""
+    height = height or size
     base = np.array([(cls_index * 53) % 256, (cls_index * 97) % 256, (cls_index * 151) % 256], dtype=np.float32)
-    pixels = base + rng.normal(0, 20, size=(size, size, 3))
-    pixels[: size // 2, :, cls_index % 3] = 255 - pixels[: size // 2, :, cls_index % 3]
+    pixels = base + rng.normal(0, 20, size=(height, size, 3))
+    pixels[: height // 2, :, cls_index % 3] = 255 - pixels[: height // 2, :, cls_index % 3]
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
@@ -64,6 +68,37 @@ def write_split(out: Path, dataset: str, split: str, samples: int, *, samples_pe
                 "image_size": image_size, "context_length": context_length, "skipped": {}}
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def write_download(root: Path, samples: dict[str, int], *, seed: int = 0, classes: int = 6,
+                   context_length: int = 16, vocab_size: int = 256, corrupt: tuple[int, ...] = ()) -> None:
+    """The shard stage's inputs for `samples[split]` pairs of each split, one image each, as the
+    download, split and tokenize stages leave them: root/download/00000.tar (img2dataset's layout,
+    JPEGs of varied sizes and aspect ratios), root/splits/<split>.parquet, root/tokens/<split>.npy.
+    Images whose number (counted over the splits, in order) is in `corrupt` are cut 16 bytes into
+    their pixel data: their header reads, their pixels do not."""
+    from pipeline.data.split import PAIR_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    members, number = [], 0
+    for split, count in samples.items():
+        rows, tokens = [], []
+        for _ in range(count):
+            cls_index, key = int(rng.integers(classes)), f"{number:09d}"
+            jpg = sample_image(rng, cls_index, int(rng.integers(24, 72)), int(rng.integers(24, 72)))
+            if number in corrupt:
+                jpg = jpg[: jpg.index(b"\xff\xda") + 16]  # start of scan (the pixels), + 16 bytes
+            members.append((key, {"jpg": jpg,
+                                  "txt": f"class {cls_index}".encode()}))
+            rows.append(("00000.tar", key, f"https://example.org/{key}.jpg", key, 0, f"class {cls_index}"))
+            tokens.append(sample_tokens(rng, cls_index, context_length, vocab_size))
+            number += 1
+        for folder in ("splits", "tokens"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=PAIR_COLUMNS).to_parquet(root / "splits" / f"{split}.parquet", index=False)
+        np.save(root / "tokens" / f"{split}.npy", np.stack(tokens))
+    (root / "download").mkdir(parents=True, exist_ok=True)
+    write_tar(root / "download/00000.tar", members)
 
 
 REPO = Path(__file__).resolve().parents[2]
