@@ -227,6 +227,15 @@ def plan_epoch(manifest: Manifest, seed: int, epoch: int, streams: int) -> list[
     return [StreamPlan(files, streams, s, len(range(s, total, streams))) for s in range(streams)]
 
 
+def join(tensors: list[torch.Tensor], stacked: bool) -> torch.Tensor:
+    """torch.stack (stacked) or torch.cat of CPU tensors as one single-threaded copy (numpy's). A
+    torch copy this large is split over torch's OpenMP threads, which busy-wait for each other when
+    the cores are also running DataLoader workers or other processes: measured on 2 shared cores,
+    the in-process loader then spent 1.8 ms of CPU per image instead of 0.3 ms."""
+    arrays = [t.numpy() for t in tensors]
+    return torch.from_numpy(np.stack(arrays) if stacked else np.concatenate(arrays))
+
+
 PREFETCH_FACTOR = 2  # chunks each DataLoader worker may have ready or in flight (PyTorch's default)
 
 
@@ -328,7 +337,7 @@ class _TrainChunks(IterableDataset):
                     images.append(image)
                     tokens.append(tok)
                 if ring is None:
-                    images, tokens = torch.stack(images), torch.stack(tokens)
+                    images, tokens = join(images, stacked=True), torch.stack(tokens)
                 else:  # (tokens are small: pickled with the message, no shared-memory handle to pass)
                     images, tokens = ring.stack(images), torch.stack(tokens).numpy()
                 yield {"k": k, "s": s, "images": images, "tokens": tokens, "pos": pos[s], "corrupt": bad[s]}
@@ -433,7 +442,7 @@ class TrainLoader:
                 self.micro += 1
                 seq = torch.cat([torch.as_tensor(c["tokens"]) for c in chunks])
                 # (images are copied out even from one chunk: a worker's ring block is reused)
-                images = torch.cat([c["images"] for c in chunks]) if self.num_workers or len(chunks) > 1 \
+                images = join([c["images"] for c in chunks], stacked=False) if self.num_workers or len(chunks) > 1 \
                     else chunks[0]["images"]
                 yield Batch(images, seq[:, :-1].contiguous(), seq[:, 1:].contiguous())
 
@@ -462,11 +471,11 @@ class _ValBatches(IterableDataset):
                 images.append(image)
                 tokens.append(tok)
                 if len(images) == lo.batch_size:
-                    yield {"images": torch.stack(images), "tokens": torch.stack(tokens), "corrupt": bad}
+                    yield {"images": join(images, stacked=True), "tokens": torch.stack(tokens), "corrupt": bad}
                     images, tokens, bad = [], [], 0
             bad += errors[0]
             if images or bad:
-                yield {"images": torch.stack(images) if images else None,
+                yield {"images": join(images, stacked=True) if images else None,
                        "tokens": torch.stack(tokens) if tokens else None, "corrupt": bad}
 
 

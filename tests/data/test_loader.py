@@ -6,7 +6,7 @@ import pytest
 import torch
 from support.trainkit import write_split
 
-from pipeline.data.loader import PREFETCH_FACTOR, TrainLoader, ValLoader
+from pipeline.data.loader import PREFETCH_FACTOR, TrainLoader, ValLoader, parse_tokens
 from pipeline.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -116,6 +116,15 @@ def test_worker_buffers_are_never_overwritten_while_in_use(split, streams, worke
     chunks_per_step = streams // workers
     assert len(kept) * chunks_per_step > 2 * (PREFETCH_FACTOR + chunks_per_step + 1)  # each ring goes round twice
     assert same(kept, epoch_batches(loader(split, streams=streams)))
+
+
+def test_token_files_are_parsed_by_their_fixed_header_or_by_numpy():
+    tokens = np.arange(17, dtype=np.int32)
+    for array in (tokens, tokens.astype(np.int64), tokens.astype(">i4")):  # the shard stage's, and others
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        parsed = parse_tokens(buffer.getvalue(), context_length=16)
+        assert parsed.tolist() == tokens.tolist()
 
 
 def replace_tokens(path, sample: str, change) -> None:
