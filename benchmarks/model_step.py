@@ -17,6 +17,13 @@ open_clip is NOT a project dependency; this script runs in its own virtualenv:
     .venv-bench/bin/python benchmarks/model_step.py --sizes demo --steps 10
     .venv-bench/bin/python benchmarks/model_step.py --sizes demo256 --batch 32 --compile  # + torch.compile
 
+Also timed, interleaved with the steps: each fp32 step's counted ops (matmuls, attention,
+convolutions, as FlopCounterMode counts them; recorded with a TorchDispatchMode) replayed alone on
+random tensors of the same shapes and strides. That is the floor of what the step could cost if
+everything else (elementwise work, copies, the optimizer, Python) were free, so it bounds what any
+fusion or compilation could gain: 'ours-ops/oc' is the highest ours/open_clip ratio reachable
+without faster matmuls.
+
 Sizes: the presets' models (demo, paper, smoke) and demo256, the demo preset widened to 256 with 4
 blocks in each of the ViT and the two text decoders (4 heads of 64), 64 px images.
 
@@ -35,6 +42,7 @@ import gc
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -89,6 +97,60 @@ def flops_per_sample(step, batch: int) -> float:
     with counter:
         step()
     return counter.get_total_flops() / batch
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def counted_ops(step) -> list[tuple]:
+    """The ops of one step that FlopCounterMode counts (matmuls, attention, convolutions), each as
+    (op, args, kwargs) with every tensor replaced by its (shape, stride, dtype)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map
+    from torch.utils.flop_counter import FlopCounterMode
+
+    registry = FlopCounterMode(display=False).flop_registry
+    spec = lambda x: TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype) if isinstance(x, torch.Tensor) else x
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: list[tuple] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func._overloadpacket in registry:
+                self.calls.append((func, tree_map(spec, args), tree_map(spec, kwargs)))
+            return func(*args, **kwargs)
+
+    recorder = Recorder()
+    with recorder:
+        step()
+    return recorder.calls
+
+
+def replay(calls: list[tuple]):
+    """A closure running the recorded ops alone, on random tensors of the recorded shapes and strides
+    (so each matmul takes the same BLAS path): the time the step's counted FLOPs take by themselves."""
+    from torch.utils._pytree import tree_map
+
+    def make(x):
+        if isinstance(x, TensorSpec):
+            extent = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride)) if all(x.shape) else 0
+            base = torch.empty(extent, dtype=x.dtype)  # (strides may repeat elements: fill the storage)
+            base = base.normal_() if base.is_floating_point() else base.zero_()
+            return base.as_strided(x.shape, x.stride)
+        return x
+    ready = [(func, tree_map(make, args), tree_map(make, kwargs)) for func, args, kwargs in calls]
+
+    def run() -> None:
+        for func, args, kwargs in ready:
+            func(*args, **kwargs)
+    return run
 
 
 def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False):
@@ -171,6 +233,11 @@ def bench(size: str, batch: int, steps: int, warmup: int, compiled: bool) -> dic
             flops[name] = flops[name.replace("compiled", "fp32")]
     print("  forward+backward GFLOP per sample (FlopCounterMode): "
           + ", ".join(f"{n} {f / 1e9:.1f}" for n, f in flops.items()), flush=True)
+    # The counted ops replayed alone (fp32 eager steps): no change outside them (fusion, fewer copies,
+    # compilation) can make a step faster than they are.
+    for name in [n for n in runs if "fp32" in n]:
+        runs[f"{name} ops alone"] = replay(counted_ops(runs[name]))
+        flops[f"{name} ops alone"] = flops[name]
     walls: dict[str, list[float]] = {name: [] for name in runs}
     cpus: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(warmup + steps):
@@ -210,21 +277,31 @@ def main(argv: list[str] | None = None) -> None:
     ceiling = max(ceiling, ceiling_after)
     print(f"samples/s, batch {args.batch}, {args.threads} thread(s): median and best wall-clock step;"
           f" 'cpu' = samples per CPU-second of the process (best step)")
-    names = ["ours fp32", "ours grr fp32", "open_clip fp32", "ours bf16"]
+    print("'X ops alone': the matmuls, attention and convolutions of X's step (as FlopCounterMode counts "
+          "them) replayed by themselves on same-shaped tensors: the fastest X's step could be if everything "
+          "else cost nothing. 'ours-ops/oc' (and 'grr-ops/oc'): their samples/s over open_clip's step's, the "
+          "highest ours/open_clip ratio that any change outside those ops could reach.")
+    names = ["ours fp32", "ours grr fp32", "open_clip fp32", "ours bf16",
+             "ours fp32 ops alone", "ours grr fp32 ops alone", "open_clip fp32 ops alone"]
     names += ["ours compiled", "ours grr compiled"] if args.compile else []
     timed_fp32 = [n for n in names if n != "ours bf16"]
-    ratios = [("ours/oc", "ours fp32", "open_clip fp32"), ("grr/ours", "ours grr fp32", "ours fp32")]
+    ratios = [("ours/oc", "ours fp32", "open_clip fp32"), ("grr/ours", "ours grr fp32", "ours fp32"),
+              ("ours-ops/oc", "ours fp32 ops alone", "open_clip fp32"),
+              ("grr-ops/oc", "ours grr fp32 ops alone", "open_clip fp32")]
     if args.compile:
         ratios += [("comp/oc", "ours compiled", "open_clip fp32"), ("grrc/oc", "ours grr compiled", "open_clip fp32"),
                    ("grrc/comp", "ours grr compiled", "ours compiled")]
-    print(f"{'size':<8}{'stat':<8}" + "".join(f"{n:>18}" for n in names) + "".join(f"{r[0]:>10}" for r in ratios)
-          + "".join(f"{'util ' + n.replace(' fp32', ''):>22}" for n in timed_fp32))
+    width = {n: max(12, len(n) + 2) for n in names}
+    utils = {n: "util " + n.replace(" fp32", "") for n in timed_fp32}
+    print(f"{'size':<8}{'stat':<8}" + "".join(f"{n:>{width[n]}}" for n in names) + "".join(f"{r[0]:>13}" for r in ratios)
+          + "".join(f"{utils[n]:>{len(utils[n]) + 2}}" for n in timed_fp32))
     for size, r in results.items():
         for stat in ("median", "best", "cpu"):
             v = {n: r[n][stat] for n in names}
             util = [r[n]["flops"] * v[n] / 1e9 / ceiling for n in timed_fp32]
-            print(f"{size:<8}{stat:<8}" + "".join(f"{v[n]:>18.3f}" for n in names)
-                  + "".join(f"{v[a] / v[b]:>10.2f}" for _, a, b in ratios) + "".join(f"{u:>22.2f}" for u in util))
+            print(f"{size:<8}{stat:<8}" + "".join(f"{v[n]:>{width[n]}.3f}" for n in names)
+                  + "".join(f"{v[a] / v[b]:>13.2f}" for _, a, b in ratios)
+                  + "".join(f"{u:>{len(utils[n]) + 2}.2f}" for n, u in zip(timed_fp32, util)))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 import torch
 from support.trainkit import write_split
 
-from pipeline.data.loader import TrainLoader, ValLoader
+from pipeline.data.loader import PREFETCH_FACTOR, TrainLoader, ValLoader, parse_tokens
 from pipeline.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -103,6 +103,30 @@ def test_unreadable_tar_is_skipped_and_counted(tmp_path):
     lo = loader(tmp_path / "t", micro_batch_size=2, shuffle_buffer=1)
     assert len(epoch_batches(lo)) == 2 * lo.steps_in_epoch(0)  # padded: still every batch
     assert lo.corrupt_total >= 40 - n
+
+
+@pytest.mark.parametrize("streams, workers", [(1, 1), (4, 2)])
+def test_worker_buffers_are_never_overwritten_while_in_use(split, streams, workers):
+    """Workers stack into a ring of reused shared-memory blocks: batches a slow consumer keeps are
+    still the in-process loader's (one chunk per micro-batch, and two per worker)."""
+    import time
+
+    kept = []
+    for batch in loader(split, streams=streams, num_workers=workers).iter_epoch(0):
+        kept.append(batch)
+        time.sleep(0.02)  # the workers run ahead, as far as the DataLoader lets them
+    chunks_per_step = streams // workers
+    assert len(kept) * chunks_per_step > 2 * (PREFETCH_FACTOR + chunks_per_step + 1)  # each ring goes round twice
+    assert same(kept, epoch_batches(loader(split, streams=streams)))
+
+
+def test_token_files_are_parsed_by_their_fixed_header_or_by_numpy():
+    tokens = np.arange(17, dtype=np.int32)
+    for array in (tokens, tokens.astype(np.int64), tokens.astype(">i4")):  # the shard stage's, and others
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        parsed = parse_tokens(buffer.getvalue(), context_length=16)
+        assert parsed.tolist() == tokens.tolist()
 
 
 def replace_tokens(path, sample: str, change) -> None:
