@@ -6,6 +6,7 @@ import json
 import tarfile
 
 import numpy as np
+import torch
 import pandas as pd
 from PIL import Image
 
@@ -141,3 +142,8 @@ def test_load_shards_hold_the_downloaded_files_as_they_are_and_skip_what_is_no_i
     assert stored == {("00000.tar:000000000", "jpg"): files["000000000.jpg"],  # byte for byte
                       ("00000.tar:000000001", "png"): files["000000001.png"],
                       ("00000.tar:000000003", "jpg"): truncated}
+    from pipeline.data.loader import ValLoader  # the loaders read every image field, PNG included
+    val = ValLoader(tmp_path / "out", batch_size=8)
+    pixels = torch.cat([b.pixels for b in val])
+    assert pixels.shape == (3, 3, 16, 16) and val.corrupt == 1  # 2 pairs of the JPEG, 1 of the PNG
+    assert sum(bool((image[2] == 255).all() and (image[:2] == 0).all()) for image in pixels) == 1  # the blue PNG
