@@ -15,6 +15,8 @@ padded with PAD: a LongTensor (B, T) with T <= max_length - 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .coca import CoCa
@@ -103,11 +105,10 @@ def _prepare(model: CoCa, images: torch.Tensor, max_length: int | None) -> tuple
     return max_length, model.image_features(images)[1]
 
 
-@torch.no_grad()
-def greedy_search(model: CoCa, images: torch.Tensor, max_length: int | None = None,
-                  use_cache: bool = True, min_length: int = 0, repetition_penalty: float = 1.0) -> torch.Tensor:
-    """Greedy captions for images (B, 3, H, W) -> tokens (B, T) (see module docstring)."""
-    _check_rules(min_length, repetition_penalty)
+def _token_by_token(model: CoCa, images: torch.Tensor, max_length: int | None, use_cache: bool,
+                    pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The loop greedy search and sampling share: from BOS, append pick(logits (B, V), tokens so far)
+    to every caption until each has emitted EOS (PAD after it) or max_length is reached."""
     was_training = model.training
     model.eval()
     try:
@@ -118,8 +119,7 @@ def greedy_search(model: CoCa, images: torch.Tensor, max_length: int | None = No
         finished = torch.zeros(B, dtype=torch.bool, device=images.device)
         decoder = _Decoder(model, image_tokens, use_cache)
         for _ in range(max_length - 1):
-            next_token = _allowed_log_probs(decoder(tokens), model, tokens, min_length, repetition_penalty).argmax(dim=-1)
-            next_token = next_token.masked_fill(finished, cfg.pad_id)
+            next_token = pick(decoder(tokens), tokens).masked_fill(finished, cfg.pad_id)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
             finished |= next_token == cfg.eos_id
             if bool(finished.all()):
@@ -127,6 +127,17 @@ def greedy_search(model: CoCa, images: torch.Tensor, max_length: int | None = No
         return tokens[:, 1:]
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def greedy_search(model: CoCa, images: torch.Tensor, max_length: int | None = None,
+                  use_cache: bool = True, min_length: int = 0, repetition_penalty: float = 1.0) -> torch.Tensor:
+    """Greedy captions for images (B, 3, H, W) -> tokens (B, T) (see module docstring)."""
+    _check_rules(min_length, repetition_penalty)
+
+    def likeliest(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return _allowed_log_probs(logits, model, tokens, min_length, repetition_penalty).argmax(dim=-1)
+    return _token_by_token(model, images, max_length, use_cache, likeliest)
 
 
 @torch.no_grad()
@@ -194,34 +205,19 @@ def sample(model: CoCa, images: torch.Tensor, temperature: float = 1.0, top_k: i
         raise ValueError(f"temperature = {temperature} is invalid: allowed > 0")
     if top_k < 0 or not 0 < top_p <= 1:
         raise ValueError(f"top_k = {top_k}, top_p = {top_p} are invalid: allowed top_k >= 0, 0 < top_p <= 1")
-    was_training = model.training
-    model.eval()
-    try:
-        cfg = model.cfg
-        max_length, image_tokens = _prepare(model, images, max_length)
-        B = images.shape[0]
-        generator = torch.Generator(device=images.device).manual_seed(seed)
-        tokens = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=images.device)
-        finished = torch.zeros(B, dtype=torch.bool, device=images.device)
-        decoder = _Decoder(model, image_tokens, use_cache)
-        for _ in range(max_length - 1):
-            logits = _allowed_logits(decoder(tokens), model, tokens, min_length, repetition_penalty) / temperature
-            if top_k and top_k < logits.shape[-1]:
-                kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            if top_p < 1.0:
-                probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)
-                outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before a token already reaches p
-                logits = logits.masked_fill(outside.scatter(1, order, outside), float("-inf"))
-            next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
-            next_token = next_token.masked_fill(finished, cfg.pad_id)
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            finished |= next_token == cfg.eos_id
-            if bool(finished.all()):
-                break
-        return tokens[:, 1:]
-    finally:
-        model.train(was_training)
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+
+    def draw(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        logits = _allowed_logits(logits, model, tokens, min_length, repetition_penalty) / temperature
+        if top_k and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p < 1.0:
+            probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)
+            outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before a token already reaches p
+            logits = logits.masked_fill(outside.scatter(1, order, outside), float("-inf"))
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    return _token_by_token(model, images, max_length, use_cache, draw)
 
 
 METHODS = ("beam", "greedy", "sample")
