@@ -1,7 +1,7 @@
 """Sorting more rows than memory holds: sorted runs on disk, merged back as one lazy stream.
 
 The split stage orders a dataset's images by URL. Held as pandas objects that costs about 2 kB a
-row, 22 GB for CC12M's 10.9M rows. Here rows are sorted `run_rows` at a time in Arrow (columnar,
+row, 22 GB for CC12M's 10.9M rows. Here rows are sorted RUN_ROWS at a time in Arrow (columnar,
 no Python object per value), each sorted run is written to a parquet file in a scratch folder, and
 the runs are merged back with heapq: memory holds one run while sorting and one small batch per run
 while merging, however many rows there are. Disk holds all the rows once, compressed.
@@ -25,8 +25,8 @@ RUN_ROWS = 262_144  # rows sorted at once: ~100 MB of Arrow for URL-list rows
 MERGE_BATCH_ROWS = 1_024  # rows per run held as Python objects while merging
 
 
-def sort_to_runs(tables: Iterable[pa.Table], keys: list[str], scratch: Path, run_rows: int = RUN_ROWS) -> list[Path]:
-    """Sort the rows of `tables` (one schema) by `keys`, `run_rows` at a time, into run files under
+def sort_to_runs(tables: Iterable[pa.Table], keys: list[str], scratch: Path) -> list[Path]:
+    """Sort the rows of `tables` (one schema) by `keys`, RUN_ROWS at a time, into run files under
     `scratch`; returns the run files, for `merge_runs`."""
     runs, pending, pending_rows = [], [], 0
 
@@ -39,7 +39,7 @@ def sort_to_runs(tables: Iterable[pa.Table], keys: list[str], scratch: Path, run
     for table in tables:
         pending.append(table)
         pending_rows += table.num_rows
-        if pending_rows >= run_rows:
+        if pending_rows >= RUN_ROWS:
             write_run()
             pending, pending_rows = [], 0
     if pending_rows:
