@@ -389,7 +389,8 @@ def _attempts(out_dir: Path) -> pd.DataFrame:
 def _numbered_urls(urls_path: Path) -> Iterator[pa.Table]:
     """The URL list in batches, each row with its `row` number in the list."""
     start = 0
-    for batch in pq.ParquetFile(urls_path).iter_batches(batch_size=STREAM_BATCH_ROWS, columns=[*URL_COLUMNS, "identity"]):
+    columns = [*URL_COLUMNS, "identity"]
+    for batch in pq.ParquetFile(urls_path).iter_batches(batch_size=STREAM_BATCH_ROWS, columns=columns):
         table = pa.Table.from_batches([batch])
         yield table.append_column("row", pa.array(range(start, start + len(table)), pa.int64()))
         start += len(table)
