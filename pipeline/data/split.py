@@ -6,6 +6,13 @@
 - Flickr30K: Karpathy's split (train and val; its test images are not used by the paper).
 - ROCO v2: the official train and validation splits (`valid` in the release, `val` here).
 Every dataset comes out with the same two split names, `train` and `val`.
+
+Pairs are ordered by URL (then caption index): the token rows, the shard stage's seeded shuffle and
+the demo tokenizer's training all follow this order. The stage streams (write_splits over
+download.samples_by_url): the samples are sorted by URL through sorted runs on disk
+(pipeline/data/sorting.py) and each split's pairs are written CHUNK_ROWS at a time, so its memory
+stays flat with the number of rows (it grew by about 2 kB a row when it held the samples and the
+pairs in pandas). make_splits is the same rule for a frame already in memory.
 """
 
 from __future__ import annotations
