@@ -29,9 +29,10 @@ are read in batches and sorted by URL through runs on disk, so it holds a bounde
 whatever the list's length. download(), retry_failed(), download_report() and final_status() still
 hold the whole URL list (and every attempt) in pandas, about 1 kB a row: the list comes whole from
 pipeline.data.sources, and img2dataset itself reads a pass's whole URL list into one Arrow table
-(Reader._save_to_arrow: pq.read_table) before it cuts it into per-shard files. It would read a folder of lists
-one file at a time, shard numbers continuing (files of a multiple of number_sample_per_shard rows
-would keep every key), but a pass's list is one `<pass>.urls.parquet` here, which resume relies on.
+(Reader._save_to_arrow: pq.read_table) before it cuts it into per-shard files. It would read a
+folder of lists one file at a time, shard numbers continuing (files of a multiple of
+number_sample_per_shard rows would keep every key), but a pass's list is one `<pass>.urls.parquet`
+here, which resume relies on.
 
 img2dataset 1.47.0 facts this module relies on (read from its source, checked by the tests):
 - incremental_mode="incremental" skips every shard whose `<shard>_stats.json` exists in the output
