@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-RUN_ROWS = 262_144  # rows sorted at once: ~100 MB of Arrow for URL-list rows
-MERGE_BATCH_ROWS = 1_024  # rows per run held as Python objects while merging
+RUN_ROWS = 65_536  # rows sorted at once: ~30 MB of Arrow for URL-list rows, twice while sorting
+MERGE_BATCH_ROWS = 256  # rows per run held as Python dicts while merging (~1 kB each)
 
 
 def sort_to_runs(tables: Iterable[pa.Table], keys: list[str], scratch: Path) -> list[Path]:
