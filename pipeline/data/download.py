@@ -98,7 +98,7 @@ OUTPUT_OPTIONS = (
     "number_sample_per_shard",
 )
 NOT_DOWNLOADED = "not_downloaded"
-STREAM_BATCH_ROWS = 16_384  # rows of a URL list read at once where this module streams it
+STREAM_BATCH_ROWS = 8_192  # rows of a URL list read at once where this module streams it
 # img2dataset starts its worker pool and its logger process with "spawn": each child imports
 # img2dataset afresh (torch via webdataset, wandb, albumentations: ~4 s of CPU each, and again
 # every 5 shards, as the pool has maxtasksperchild=5), ~10 s per run even for 800 local files.

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-RUN_ROWS = 65_536  # rows sorted at once: ~30 MB of Arrow for URL-list rows, twice while sorting
+RUN_ROWS = 32_768  # rows sorted at once: ~15 MB of Arrow for URL-list rows, twice while sorting
 MERGE_BATCH_ROWS = 256  # rows per run held as Python dicts while merging (~1 kB each)
 
 

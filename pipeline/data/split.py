@@ -36,7 +36,7 @@ SOURCE_SPLITS = {
 }
 
 PAIR_COLUMNS = ["tar", "key", "url", "image_id", "caption_index", "caption"]
-CHUNK_ROWS = 65_536  # pairs held per split before they are written (a parquet row group)
+CHUNK_ROWS = 16_384  # pairs held per split before they are written (a parquet row group)
 
 
 def split_key(url: str) -> str:
