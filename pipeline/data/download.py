@@ -99,6 +99,11 @@ OUTPUT_OPTIONS = (
 )
 NOT_DOWNLOADED = "not_downloaded"
 STREAM_BATCH_ROWS = 8_192  # rows of a URL list read at once where this module streams it
+# Rows per parquet row group of the URL lists this module writes (urls.parquet, <pass>.urls.parquet).
+# pandas/pyarrow default to 1,048,576, and Arrow decodes a column chunk of a row group whole even when
+# it is read STREAM_BATCH_ROWS at a time: ~60 MB at 100,000 rows, ~600 MB at a million. A list of
+# fewer rows (the demo) is one group either way: the same bytes as before.
+URL_LIST_ROW_GROUP_ROWS = 32_768
 # img2dataset starts its worker pool and its logger process with "spawn": each child imports
 # img2dataset afresh (torch via webdataset, wandb, albumentations: ~4 s of CPU each, and again
 # every 5 shards, as the pool has maxtasksperchild=5), ~10 s per run even for 800 local files.
@@ -531,7 +536,7 @@ def _url_table(urls_df: pd.DataFrame) -> pd.DataFrame:
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write whole or not at all: an interrupted write must not leave a URL list to resume from."""
-    atomic_write(path, lambda f: df.to_parquet(f, index=False))
+    atomic_write(path, lambda f: df.to_parquet(f, index=False, row_group_size=URL_LIST_ROW_GROUP_ROWS))
 
 
 def _identities(urls: pd.DataFrame) -> pd.Series:

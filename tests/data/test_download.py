@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -124,7 +125,8 @@ def test_successful_samples_point_to_tar_members(tmp_path):
 
 def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monkeypatch):
     """The split stage's stream: the rows successful_samples keeps (the first row of each URL, the
-    first pass that got its image) in URL order, across passes, shards and merged runs."""
+    first pass that got its image) in URL order, across passes, shards, row groups and merged runs."""
+    monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)  # URL lists of several row groups
     monkeypatch.setattr(sorting, "RUN_ROWS", 3)
     monkeypatch.setattr(sorting, "MERGE_BATCH_ROWS", 2)
     monkeypatch.setattr(dl, "STREAM_BATCH_ROWS", 2)
@@ -142,6 +144,7 @@ def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monke
     expected = dl.successful_samples(out).sort_values("url", kind="stable").to_dict("records")
     assert list(dl.samples_by_url(out, tmp_path / "scratch")) == expected
     assert len(expected) == 9 and len(list((tmp_path / "scratch" / "urls").iterdir())) > 1
+    assert pq.ParquetFile(out / "urls.parquet").metadata.num_row_groups == 7  # 20 rows, 3 a group
 
 
 def test_retry_recovers_rows_that_failed(tmp_path):
@@ -202,6 +205,7 @@ def test_nothing_to_retry(tmp_path):
 
 
 def test_incremental_resume_redownloads_only_missing_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)  # row groups that do not fall on shard edges
     urls = make_urls(tmp_path / "images", good=7)  # 10 rows, 4 per shard: shards 0, 1, 2
     out = tmp_path / "out"
     first = dl.download("cc12m", urls, out, CFG)
