@@ -129,6 +129,7 @@ def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monke
     monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)  # URL lists of several row groups
     monkeypatch.setattr(sorting, "RUN_ROWS", 3)
     monkeypatch.setattr(sorting, "MERGE_BATCH_ROWS", 2)
+    monkeypatch.setattr(sorting, "MAX_FAN_IN", 2)
     monkeypatch.setattr(dl, "STREAM_BATCH_ROWS", 2)
     images = tmp_path / "images"
     urls = make_urls(images)
@@ -143,7 +144,7 @@ def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monke
 
     expected = dl.successful_samples(out).sort_values("url", kind="stable").to_dict("records")
     assert list(dl.samples_by_url(out, tmp_path / "scratch")) == expected
-    assert len(expected) == 9 and len(list((tmp_path / "scratch" / "urls").iterdir())) > 1
+    assert len(expected) == 9 and len(list((tmp_path / "scratch" / "urls").glob("merged-1-*"))) > 1
     assert pq.ParquetFile(out / "urls.parquet").metadata.num_row_groups == 7  # 20 rows, 3 a group
 
 

@@ -126,6 +126,7 @@ def test_streamed_splits_are_the_in_memory_splits_byte_for_byte_on_the_demo(tmp_
             tiny.setattr(download_module, "STREAM_BATCH_ROWS", 4)
             tiny.setattr(sorting, "RUN_ROWS", 7)
             tiny.setattr(sorting, "MERGE_BATCH_ROWS", 3)
+            tiny.setattr(sorting, "MAX_FAN_IN", 2)  # runs merged into longer runs first, over levels
             tiny.setattr(split_module, "CHUNK_ROWS", 5)
             chunked = Path("chunked") / dataset
             chunked.mkdir(parents=True)
