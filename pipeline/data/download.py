@@ -98,11 +98,10 @@ OUTPUT_OPTIONS = (
     "number_sample_per_shard",
 )
 NOT_DOWNLOADED = "not_downloaded"
-STREAM_BATCH_ROWS = 8_192  # rows of a URL list read at once where this module streams it
-# Rows per parquet row group of the URL lists this module writes (urls.parquet, <pass>.urls.parquet).
-# pandas/pyarrow default to 1,048,576, and Arrow decodes a column chunk of a row group whole even when
-# it is read STREAM_BATCH_ROWS at a time: ~60 MB at 100,000 rows, ~600 MB at a million. A list of
-# fewer rows (the demo) is one group either way: the same bytes as before.
+# Rows per parquet row group of the URL lists this module writes (urls.parquet, <pass>.urls.parquet),
+# which samples_by_url reads a row group at a time. pandas/pyarrow default to 1,048,576 rows a group:
+# ~60 MB of Arrow at 100,000 rows, ~600 MB at a million. A list of fewer rows (the demo) is one
+# group either way: the same bytes as before.
 URL_LIST_ROW_GROUP_ROWS = 32_768
 # img2dataset starts its worker pool and its logger process with "spawn": each child imports
 # img2dataset afresh (torch via webdataset, wandb, albumentations: ~4 s of CPU each, and again
@@ -402,11 +401,14 @@ def _attempts(out_dir: Path) -> pd.DataFrame:
 
 
 def _numbered_urls(urls_path: Path) -> Iterator[pa.Table]:
-    """The URL list in batches, each row with its `row` number in the list."""
+    """The URL list a row group at a time (URL_LIST_ROW_GROUP_ROWS), each row with its `row` number in
+    the list. Not iter_batches: its reader reads row groups ahead on other threads, unboundedly while
+    the consumer (the sort) is slower, ~250 MB at a million rows."""
     start = 0
     columns = [*URL_COLUMNS, "identity"]
-    for batch in pq.ParquetFile(urls_path).iter_batches(batch_size=STREAM_BATCH_ROWS, columns=columns):
-        table = pa.Table.from_batches([batch])
+    file = pq.ParquetFile(urls_path)
+    for group in range(file.num_row_groups):
+        table = file.read_row_group(group, columns=columns)
         yield table.append_column("row", pa.array(range(start, start + len(table)), pa.int64()))
         start += len(table)
 
@@ -439,8 +441,9 @@ def _shard_rows(urls_path: Path, per_shard: int) -> Iterator[tuple[int, pa.Table
     """(shard number, its rows of a pass's URL list: url, identity) for every shard img2dataset makes
     of the list (`per_shard` consecutive rows each), reading the list in order, a shard at a time."""
     shard, pending = 0, None
-    for batch in pq.ParquetFile(urls_path).iter_batches(batch_size=per_shard, columns=["url", "identity"]):
-        table = pa.Table.from_batches([batch])
+    file = pq.ParquetFile(urls_path)
+    for group in range(file.num_row_groups):  # not iter_batches: see _numbered_urls
+        table = file.read_row_group(group, columns=["url", "identity"])
         pending = table if pending is None else pa.concat_tables([pending, table])
         while pending.num_rows >= per_shard:
             yield shard, pending.slice(0, per_shard)

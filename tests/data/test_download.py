@@ -130,7 +130,6 @@ def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monke
     monkeypatch.setattr(sorting, "RUN_ROWS", 3)
     monkeypatch.setattr(sorting, "MERGE_BATCH_ROWS", 2)
     monkeypatch.setattr(sorting, "MAX_FAN_IN", 2)
-    monkeypatch.setattr(dl, "STREAM_BATCH_ROWS", 2)
     images = tmp_path / "images"
     urls = make_urls(images)
     again = urls.iloc[[3, 1, 6]].assign(caption="a later row of the same URL")

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from pipeline.config import build_config
-from pipeline.data import download as download_module
 from pipeline.data import sorting
 from pipeline.data import split as split_module
 from pipeline.data.demo import generate_demo
@@ -123,7 +122,6 @@ def test_streamed_splits_are_the_in_memory_splits_byte_for_byte_on_the_demo(tmp_
             assert (new / f"{split}.parquet").read_bytes() == (old / f"{split}.parquet").read_bytes(), (dataset, split)
 
         with monkeypatch.context() as tiny:  # many runs to merge, many chunks to write
-            tiny.setattr(download_module, "STREAM_BATCH_ROWS", 4)
             tiny.setattr(sorting, "RUN_ROWS", 7)
             tiny.setattr(sorting, "MERGE_BATCH_ROWS", 3)
             tiny.setattr(sorting, "MAX_FAN_IN", 2)  # runs merged into longer runs first, over levels
