@@ -2,7 +2,8 @@
 
 Streams: the downloaded samples are sorted by URL through run files in a scratch folder under the
 system temporary directory (TMPDIR; about the size of the URL list's parquet files, removed at the
-end), then split and written a chunk at a time, so memory stays flat however many rows there are.
+end), then split and written a chunk at a time, so memory does not follow the rows: measured by
+benchmarks/split_memory.py (see the README, "How the data stages scale").
 """
 
 import argparse

@@ -25,8 +25,9 @@ last attempt. A row of a shard that img2dataset never finished counts as failed 
 A pass none of whose images is in the current list any more is deleted.
 
 Memory. samples_by_url (the split stage's input) streams: the URL list and the successful attempts
-are read in batches and sorted by URL through runs on disk, so it holds a bounded number of rows
-whatever the list's length. download(), retry_failed(), download_report() and final_status() still
+are read a row group or a shard at a time and sorted by URL through runs on disk (the lists are
+written in row groups of URL_LIST_ROW_GROUP_ROWS for this), so it holds a bounded number of rows
+whatever the list's length (benchmarks/split_memory.py measures it). download(), retry_failed(), download_report() and final_status() still
 hold the whole URL list (and every attempt) in pandas, about 1 kB a row: the list comes whole from
 pipeline.data.sources, and img2dataset itself reads a pass's whole URL list into one Arrow table
 (Reader._save_to_arrow: pq.read_table) before it cuts it into per-shard files. It would read a

@@ -11,8 +11,9 @@ Pairs are ordered by URL (then caption index): the token rows, the shard stage's
 the demo tokenizer's training all follow this order. The stage streams (write_splits over
 download.samples_by_url): the samples are sorted by URL through sorted runs on disk
 (pipeline/data/sorting.py) and each split's pairs are written CHUNK_ROWS at a time, so its memory
-stays flat with the number of rows (it grew by about 2 kB a row when it held the samples and the
-pairs in pandas). make_splits is the same rule for a frame already in memory.
+grows far more slowly than the rows (it grew by about 2 kB a row when it held the samples and the
+pairs in pandas: 2.3 GB at a million rows; see benchmarks/split_memory.py). make_splits is the same
+rule for a frame already in memory.
 """
 
 from __future__ import annotations
