@@ -33,19 +33,27 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_config(args.params).data.tokenizer
-    pairs = {(d, s): pd.read_parquet(Path(args.splits) / d / f"{s}.parquet") for d in DATASETS for s in SPLITS}
-    training_captions = [c for (d, s), frame in pairs.items() if s == "train" for c in frame["caption"]]
+
+    def captions(dataset: str, split: str) -> list[str]:
+        # The caption column alone, one split at a time: the pairs' other columns (tar, key, url...)
+        # are not needed here, and holding every split's frames at once grew with the dataset.
+        path = Path(args.splits) / dataset / f"{split}.parquet"
+        return pd.read_parquet(path, columns=["caption"])["caption"].tolist()
+
+    # Read only for a tokenizer trained here (the paper's t5-base is loaded, not trained).
+    training_captions = (c for d in DATASETS for c in captions(d, "train")) if cfg.name == "train" else ()
     tokenizer = build_tokenizer(cfg.name, cfg.vocab_size, training_captions)
     tokenizer.save_pretrained(args.tokenizer_out)
 
     counts = {"vocab_size": len(tokenizer), "context_length": cfg.context_length}
-    for (dataset, split), frame in pairs.items():
-        ids, truncated = encode_captions(tokenizer, list(frame["caption"]), cfg.context_length, cfg.batch_size)
-        out = Path(args.tokens_out) / dataset
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / f"{split}.npy", ids)
-        counts[f"{dataset}_{split}_captions"] = len(ids)
-        counts[f"{dataset}_{split}_truncated"] = truncated
+    for dataset in DATASETS:
+        for split in SPLITS:
+            ids, truncated = encode_captions(tokenizer, captions(dataset, split), cfg.context_length, cfg.batch_size)
+            out = Path(args.tokens_out) / dataset
+            out.mkdir(parents=True, exist_ok=True)
+            np.save(out / f"{split}.npy", ids)
+            counts[f"{dataset}_{split}_captions"] = len(ids)
+            counts[f"{dataset}_{split}_truncated"] = truncated
     write_json(args.counts, counts)
     print(f"tokenizer with {len(tokenizer)} entries; {counts}")
 

@@ -24,6 +24,17 @@ A row's final status is success if any pass downloaded its image, else the statu
 last attempt. A row of a shard that img2dataset never finished counts as failed (`not_downloaded`).
 A pass none of whose images is in the current list any more is deleted.
 
+Memory. samples_by_url (the split stage's input) streams: the URL list and the successful attempts
+are read a row group or a shard at a time and sorted by URL through runs on disk (the lists are
+written in row groups of URL_LIST_ROW_GROUP_ROWS for this), so it holds a bounded number of rows
+whatever the list's length (benchmarks/split_memory.py measures it). download(), retry_failed(), download_report() and final_status() still
+hold the whole URL list (and every attempt) in pandas, about 1 kB a row: the list comes whole from
+pipeline.data.sources, and img2dataset itself reads a pass's whole URL list into one Arrow table
+(Reader._save_to_arrow: pq.read_table) before it cuts it into per-shard files. It would read a
+folder of lists one file at a time, shard numbers continuing (files of a multiple of
+number_sample_per_shard rows would keep every key), but a pass's list is one `<pass>.urls.parquet`
+here, which resume relies on.
+
 img2dataset 1.47.0 facts this module relies on (read from its source, checked by the tests):
 - incremental_mode="incremental" skips every shard whose `<shard>_stats.json` exists in the output
   folder and redoes the others from scratch. So: no other *.json may live in an output folder (its
@@ -55,13 +66,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.checks import UserError
+from pipeline.data.sorting import grouped, merge_runs, sort_to_runs
 from pipeline.io import atomic_write, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -84,6 +99,11 @@ OUTPUT_OPTIONS = (
     "number_sample_per_shard",
 )
 NOT_DOWNLOADED = "not_downloaded"
+# Rows per parquet row group of the URL lists this module writes (urls.parquet, <pass>.urls.parquet),
+# which samples_by_url reads a row group at a time. pandas/pyarrow default to 1,048,576 rows a group:
+# ~60 MB of Arrow at 100,000 rows, ~600 MB at a million. A list of fewer rows (the demo) is one
+# group either way: the same bytes as before.
+URL_LIST_ROW_GROUP_ROWS = 32_768
 # img2dataset starts its worker pool and its logger process with "spawn": each child imports
 # img2dataset afresh (torch via webdataset, wandb, albumentations: ~4 s of CPU each, and again
 # every 5 shards, as the pool has maxtasksperchild=5), ~10 s per run even for 800 local files.
@@ -196,6 +216,36 @@ def successful_samples(out_dir: str | Path) -> pd.DataFrame:
     samples = samples.drop_duplicates("url", keep="first")
     samples[["width", "height"]] = samples[["width", "height"]].astype("int64")
     return samples.reset_index(drop=True)[SAMPLE_COLUMNS]
+
+
+def samples_by_url(out_dir: str | Path, scratch: Path) -> Iterator[dict]:
+    """successful_samples(out_dir) sorted by URL, as a stream of dicts (SAMPLE_COLUMNS) in bounded
+    memory, whatever the number of rows: the current URL list and the successful attempts are each
+    sorted by URL through run files under `scratch` (see pipeline.data.sorting), then merged. Each URL
+    gets the first row of the list with that URL whose image some pass got, and the first pass that
+    got it: the rows successful_samples keeps."""
+    out_dir = Path(out_dir)
+    if _read_manifest(out_dir) is None:
+        raise DownloadError(f"{out_dir}: no download here ({MANIFEST} missing)")
+    (scratch / "urls").mkdir(parents=True)
+    (scratch / "got").mkdir(parents=True)
+    url_runs = sort_to_runs(_numbered_urls(out_dir / URLS), ["url", "row"], scratch / "urls")
+    got_runs = sort_to_runs(_successes(out_dir), ["url", "identity", "pass"], scratch / "got")
+    got = grouped(merge_runs(got_runs, ["url", "identity", "pass"]), "url")
+    got_url, got_rows = next(got, (None, []))
+    for url, rows in grouped(merge_runs(url_runs, ["url", "row"]), "url"):
+        while got_url is not None and got_url < url:
+            got_url, got_rows = next(got, (None, []))
+        if got_url != url:
+            continue  # no pass got this URL's image
+        first_pass = {}
+        for success in got_rows:  # sorted by pass within an identity: the first is the first pass
+            first_pass.setdefault(success["identity"], success)
+        for row in rows:  # in list order
+            if row["identity"] in first_pass:
+                success = first_pass[row["identity"]]
+                yield {**{c: row[c] for c in URL_COLUMNS}, **{c: success[c] for c in ("tar", "key", "width", "height")}}
+                break
 
 
 def final_status(out_dir: str | Path) -> pd.DataFrame:
@@ -351,6 +401,58 @@ def _attempts(out_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _numbered_urls(urls_path: Path) -> Iterator[pa.Table]:
+    """The URL list a row group at a time (URL_LIST_ROW_GROUP_ROWS), each row with its `row` number in
+    the list. Not iter_batches: its reader reads row groups ahead on other threads, unboundedly while
+    the consumer (the sort) is slower, ~250 MB at a million rows."""
+    start = 0
+    columns = [*URL_COLUMNS, "identity"]
+    file = pq.ParquetFile(urls_path)
+    for group in range(file.num_row_groups):
+        table = file.read_row_group(group, columns=columns)
+        yield table.append_column("row", pa.array(range(start, start + len(table)), pa.int64()))
+        start += len(table)
+
+
+def _successes(out_dir: Path) -> Iterator[pa.Table]:
+    """Every successful attempt, one finished shard at a time: url, identity, pass (its place in
+    passes.json) and where the image is: tar, key, width, height."""
+    per_shard = (_read_manifest(out_dir) or {}).get("number_sample_per_shard", 1)
+    key_base = 10 ** math.ceil(math.log10(per_shard))  # img2dataset's compute_key
+    for index, name in enumerate(_passes(out_dir)):
+        finished = dict(_finished_shards(out_dir / name))
+        for shard, listed in _shard_rows(out_dir / f"{name}.urls.parquet", per_shard):
+            if shard not in finished:
+                continue
+            attempts = pq.read_table(finished[shard], columns=["key", "status", "width", "height"])
+            ok = attempts.filter(pc.equal(attempts["status"], "success"))
+            position = ok["key"].to_numpy(zero_copy_only=False).astype("int64") % key_base  # its row in the shard
+            yield pa.table({
+                "url": listed["url"].take(position),
+                "identity": listed["identity"].take(position),
+                "pass": pa.array([index] * len(ok), pa.int64()),
+                "tar": pa.array([f"{name}/{finished[shard].stem}.tar"] * len(ok), pa.string()),
+                "key": ok["key"],
+                "width": ok["width"].cast(pa.int64()),
+                "height": ok["height"].cast(pa.int64()),
+            })
+
+
+def _shard_rows(urls_path: Path, per_shard: int) -> Iterator[tuple[int, pa.Table]]:
+    """(shard number, its rows of a pass's URL list: url, identity) for every shard img2dataset makes
+    of the list (`per_shard` consecutive rows each), reading the list in order, a shard at a time."""
+    shard, pending = 0, None
+    file = pq.ParquetFile(urls_path)
+    for group in range(file.num_row_groups):  # not iter_batches: see _numbered_urls
+        table = file.read_row_group(group, columns=["url", "identity"])
+        pending = table if pending is None else pa.concat_tables([pending, table])
+        while pending.num_rows >= per_shard:
+            yield shard, pending.slice(0, per_shard)
+            shard, pending = shard + 1, pending.slice(per_shard)
+    if pending is not None and pending.num_rows:
+        yield shard, pending
+
+
 def _finished_shards(pass_dir: Path) -> list[tuple[int, Path]]:
     """(shard number, parquet) of the shards img2dataset finished (stats written last)."""
     shards = []
@@ -373,8 +475,6 @@ def _drop_incomplete_shards(pass_dir: Path) -> None:
 
 
 def _pass_complete(urls_path: Path, pass_dir: Path, manifest: dict | None) -> bool:
-    import pyarrow.parquet as pq
-
     if manifest is None or not urls_path.exists():
         return False
     rows = pq.ParquetFile(urls_path).metadata.num_rows
@@ -440,7 +540,7 @@ def _url_table(urls_df: pd.DataFrame) -> pd.DataFrame:
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write whole or not at all: an interrupted write must not leave a URL list to resume from."""
-    atomic_write(path, lambda f: df.to_parquet(f, index=False))
+    atomic_write(path, lambda f: df.to_parquet(f, index=False, row_group_size=URL_LIST_ROW_GROUP_ROWS))
 
 
 def _identities(urls: pd.DataFrame) -> pd.Series:

@@ -6,14 +6,26 @@
 - Flickr30K: Karpathy's split (train and val; its test images are not used by the paper).
 - ROCO v2: the official train and validation splits (`valid` in the release, `val` here).
 Every dataset comes out with the same two split names, `train` and `val`.
+
+Pairs are ordered by URL (then caption index): the token rows, the shard stage's seeded shuffle and
+the demo tokenizer's training all follow this order. The stage streams (write_splits over
+download.samples_by_url): the samples are sorted by URL through sorted runs on disk
+(pipeline/data/sorting.py) and each split's pairs are written CHUNK_ROWS at a time, so its memory
+grows far more slowly than the rows (it grew by about 2 kB a row when it held the samples and the
+pairs in pandas: 2.3 GB at a million rows; see benchmarks/split_memory.py). make_splits is the same
+rule for a frame already in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 SPLITS = ("train", "val")
 
@@ -25,6 +37,7 @@ SOURCE_SPLITS = {
 }
 
 PAIR_COLUMNS = ["tar", "key", "url", "image_id", "caption_index", "caption"]
+CHUNK_ROWS = 16_384  # pairs held per split before they are written (a parquet row group)
 
 
 def split_key(url: str) -> str:
@@ -39,36 +52,85 @@ def url_fraction(url: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(dataset: str, samples: pd.DataFrame, val_fraction: float, salt: str) -> pd.Series:
-    """Our split name for each downloaded image (None where the image belongs to no split we use)."""
+def split_of(dataset: str, url: str, source_split: str, val_fraction: float, salt: str) -> str | None:
+    """Our split name for one downloaded image (None where it belongs to no split we use)."""
     if dataset == "cc12m":
-        return samples["url"].map(lambda u: "val" if url_fraction(u, salt) < val_fraction else "train")
-    mapping = SOURCE_SPLITS[dataset]
-    return samples["split"].map(lambda s: mapping.get(s))
+        return "val" if url_fraction(url, salt) < val_fraction else "train"
+    return SOURCE_SPLITS[dataset].get(source_split)
 
 
-def explode_pairs(samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per (image, caption): MSCOCO and Flickr30K have about five captions per image."""
-    rows = []
-    for sample in samples.itertuples(index=False):
-        captions = json.loads(sample.captions) if isinstance(sample.captions, str) and sample.captions else []
-        if not captions:
-            captions = [sample.caption]
-        for index, caption in enumerate(captions):
-            rows.append((sample.tar, sample.key, sample.url, str(sample.image_id), index, caption))
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+def pairs_of(sample) -> list[tuple]:
+    """One row per (image, caption) of a sample (a dict or a named tuple with SAMPLE_COLUMNS): MSCOCO
+    and Flickr30K have about five captions per image."""
+    get = sample.get if isinstance(sample, dict) else lambda name: getattr(sample, name)
+    captions = json.loads(get("captions")) if isinstance(get("captions"), str) and get("captions") else []
+    if not captions:
+        captions = [get("caption")]
+    return [(get("tar"), get("key"), get("url"), str(get("image_id")), index, caption)
+            for index, caption in enumerate(captions)]
 
 
 def make_splits(dataset: str, samples: pd.DataFrame, val_fraction: float, salt: str):
-    """Split the downloaded images of one dataset (`val_fraction`, `salt`: data.split's CC12M settings);
-    returns ({split: pairs frame}, counts)."""
+    """Split the downloaded images of one dataset held in memory (`val_fraction`, `salt`: data.split's
+    CC12M settings); returns ({split: pairs frame}, counts). The stage streams instead (write_splits);
+    this is the same rule for a frame at hand."""
     samples = samples.sort_values("url", kind="stable").reset_index(drop=True)
-    assigned = assign_splits(dataset, samples, val_fraction, salt)
-    out, counts = {}, {"images_unused": int(assigned.isna().sum())}
+    assigned = [split_of(dataset, s.url, s.split, val_fraction, salt) for s in samples.itertuples(index=False)]
+    out, counts = {}, {"images_unused": sum(a is None for a in assigned)}
     for split in SPLITS:
-        images = samples[assigned == split]
-        pairs = explode_pairs(images)
+        images = [s for s, a in zip(samples.itertuples(index=False), assigned) if a == split]
+        pairs = pd.DataFrame([p for image in images for p in pairs_of(image)], columns=PAIR_COLUMNS)
         out[split] = pairs
         counts[f"{split}_images"] = len(images)
         counts[f"{split}_pairs"] = len(pairs)
     return out, counts
+
+
+def write_splits(dataset: str, samples: Iterable[dict], out_dir: Path, val_fraction: float, salt: str) -> dict:
+    """Write `<split>.parquet` under `out_dir` from `samples` already sorted by URL (a stream, e.g.
+    download.samples_by_url), CHUNK_ROWS pairs at a time, so memory does not grow with the dataset;
+    returns the counts. Same rows, order and bytes as make_splits' frames written with to_parquet, up
+    to CHUNK_ROWS pairs per split; a bigger split is cut into row groups of CHUNK_ROWS (the same rows)."""
+    files = {split: _PairsFile(out_dir / f"{split}.parquet") for split in SPLITS}
+    counts = {"images_unused": 0, **{f"{split}_{what}": 0 for split in SPLITS for what in ("images", "pairs")}}
+    for sample in samples:
+        split = split_of(dataset, sample["url"], sample["split"], val_fraction, salt)
+        if split is None:
+            counts["images_unused"] += 1
+            continue
+        pairs = pairs_of(sample)
+        files[split].add(pairs)
+        counts[f"{split}_images"] += 1
+        counts[f"{split}_pairs"] += len(pairs)
+    for file in files.values():
+        file.close()
+    return counts
+
+
+class _PairsFile:
+    """One split's pairs parquet, written a chunk at a time with the schema (pandas metadata included)
+    that DataFrame.to_parquet gives, so that a split of one chunk is byte for byte what it wrote."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows, self.writer = path, [], None
+
+    def add(self, rows: list[tuple]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= CHUNK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        table = pa.Table.from_pandas(pd.DataFrame(self.rows, columns=PAIR_COLUMNS), preserve_index=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="snappy")
+        self.writer.write_table(table)
+        self.rows = []
+
+    def close(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+        else:  # no pairs: the empty frame as to_parquet always wrote it (columns of Arrow type null)
+            pd.DataFrame([], columns=PAIR_COLUMNS).to_parquet(self.path, index=False)

@@ -10,11 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from pipeline.config import DownloadConfig
 from pipeline.data import download as dl
+from pipeline.data import sorting
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +123,30 @@ def test_successful_samples_point_to_tar_members(tmp_path):
         assert meta["captions"] == sample.captions and meta["split"] == sample.split
 
 
+def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monkeypatch):
+    """The split stage's stream: the rows successful_samples keeps (the first row of each URL, the
+    first pass that got its image) in URL order, across passes, shards, row groups and merged runs."""
+    monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)  # URL lists of several row groups
+    monkeypatch.setattr(sorting, "RUN_ROWS", 3)
+    monkeypatch.setattr(sorting, "MERGE_BATCH_ROWS", 2)
+    monkeypatch.setattr(sorting, "MAX_FAN_IN", 2)
+    images = tmp_path / "images"
+    urls = make_urls(images)
+    again = urls.iloc[[3, 1, 6]].assign(caption="a later row of the same URL")
+    out = tmp_path / "out"
+    dl.download("cc12m", pd.concat([again, urls, again], ignore_index=True), out, CFG)
+    (images / "missing.jpg").write_bytes(jpeg_bytes(50, 40, (0, 128, 0)))
+    dl.retry_failed(out, CFG)  # retry-01 gets missing.jpg
+    more = make_urls(tmp_path / "more", good=3)
+    dl.download("cc12m", pd.concat([again, urls, more, again], ignore_index=True), out, CFG)
+    assert dl._passes(out) == ["main", "retry-01", "add-01"]
+
+    expected = dl.successful_samples(out).sort_values("url", kind="stable").to_dict("records")
+    assert list(dl.samples_by_url(out, tmp_path / "scratch")) == expected
+    assert len(expected) == 9 and len(list((tmp_path / "scratch" / "urls").glob("merged-1-*"))) > 1
+    assert pq.ParquetFile(out / "urls.parquet").metadata.num_row_groups == 7  # 20 rows, 3 a group
+
+
 def test_retry_recovers_rows_that_failed(tmp_path):
     images = tmp_path / "images"
     urls = make_urls(images)
@@ -179,6 +205,7 @@ def test_nothing_to_retry(tmp_path):
 
 
 def test_incremental_resume_redownloads_only_missing_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)  # row groups that do not fall on shard edges
     urls = make_urls(tmp_path / "images", good=7)  # 10 rows, 4 per shard: shards 0, 1, 2
     out = tmp_path / "out"
     first = dl.download("cc12m", urls, out, CFG)

@@ -1,11 +1,20 @@
 """Splits: deterministic by URL hash, the 95/5 proportion, official splits, one row per caption."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipeline.data.split import make_splits, url_fraction
+from pipeline.config import build_config
+from pipeline.data import sorting
+from pipeline.data import split as split_module
+from pipeline.data.demo import generate_demo
+from pipeline.data.download import download, samples_by_url, successful_samples
+from pipeline.data.sources import read_source
+from pipeline.data.split import SPLITS, make_splits, url_fraction, write_splits
+from pipeline.names import DATASETS
 
 
 def samples(n, split=""):
@@ -80,3 +89,47 @@ def test_local_copies_split_by_file_name_wherever_the_checkout_lives():
     split_a, _ = make_splits("cc12m", a, 0.05, "salt")
     split_b, _ = make_splits("cc12m", b, 0.05, "salt")
     assert list(split_a["val"].key) == list(split_b["val"].key) and len(split_a["val"]) > 0
+
+
+@pytest.mark.slow
+def test_streamed_splits_are_the_in_memory_splits_byte_for_byte_on_the_demo(tmp_path, monkeypatch):
+    """The stage streams (samples sorted by URL through run files, pairs written a chunk at a time);
+    on the smoke demo, downloaded by img2dataset with several shards and a retry pass, it writes the
+    bytes make_splits' frames wrote with to_parquet, and with tiny runs and chunks the same rows."""
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config({"preset": "smoke"})
+    generate_demo(cfg.data.demo, Path("data/raw/demo"))
+    download_cfg = replace(cfg.data.download, number_sample_per_shard=16, retry_failed_passes=1)
+    split_cfg = cfg.data.split
+    for dataset in DATASETS:
+        folder = Path("download") / dataset
+        download(dataset, read_source(dataset, cfg.data.sources), folder, download_cfg)
+        assert (folder / "retry-01").is_dir()  # the planted bad rows fail, and are retried
+
+        old = Path("old") / dataset  # what the stage wrote before it streamed
+        old.mkdir(parents=True)
+        frames, old_counts = make_splits(dataset, successful_samples(folder), split_cfg.cc12m_val_fraction,
+                                         split_cfg.hash_salt)
+        for split, pairs in frames.items():
+            pairs.to_parquet(old / f"{split}.parquet", index=False)
+
+        new = Path("new") / dataset
+        new.mkdir(parents=True)
+        counts = write_splits(dataset, samples_by_url(folder, Path("scratch") / dataset), new,
+                              split_cfg.cc12m_val_fraction, split_cfg.hash_salt)
+        assert counts == old_counts and list(counts) == list(old_counts)  # the metrics file's order too
+        for split in SPLITS:
+            assert (new / f"{split}.parquet").read_bytes() == (old / f"{split}.parquet").read_bytes(), (dataset, split)
+
+        with monkeypatch.context() as tiny:  # many runs to merge, many chunks to write
+            tiny.setattr(sorting, "RUN_ROWS", 7)
+            tiny.setattr(sorting, "MERGE_BATCH_ROWS", 3)
+            tiny.setattr(sorting, "MAX_FAN_IN", 2)  # runs merged into longer runs first, over levels
+            tiny.setattr(split_module, "CHUNK_ROWS", 5)
+            chunked = Path("chunked") / dataset
+            chunked.mkdir(parents=True)
+            assert write_splits(dataset, samples_by_url(folder, Path("scratch-tiny") / dataset), chunked,
+                                split_cfg.cc12m_val_fraction, split_cfg.hash_salt) == old_counts
+        for split in SPLITS:
+            pd.testing.assert_frame_equal(pd.read_parquet(chunked / f"{split}.parquet"),
+                                          pd.read_parquet(old / f"{split}.parquet"))
