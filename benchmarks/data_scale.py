@@ -23,8 +23,10 @@ Each stage runs as its own subprocess, the real stage script (`stages/*.py`) wit
 tokenizer (demo: trained, `name: train`) learns on these captions alone. Download, split and tokenize
 run once per N; the shard stage runs once per --resize-at value on their outputs. Per stage and N:
 wall seconds, CPU seconds (user + system of the stage's whole process tree: os.wait4's rusage, which
-includes the children it reaped: img2dataset's workers, the shard stage's pool), peak RSS (the
-largest single process of that tree, as the kernel reports ru_maxrss) and the bytes the stage wrote.
+includes the children it reaped: img2dataset's workers, the shard stage's pool), the stage process's
+own peak RSS (VmHWM, benchmarks/peak_rss.py), the largest ru_maxrss of its tree (img2dataset's and
+the shard pool's workers; Linux carries maxrss across exec, so this is at least this script's own RSS)
+and the bytes the stage wrote.
 The shard stage runs with one torch thread per process (SHARD_ENV says why).
 The server's own CPU is in this script's process and is not counted.
 
@@ -69,6 +71,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak_rss import peak_mb, wrapped  # noqa: E402
 from pipeline.config import build_config
 from pipeline.data.split import PAIR_COLUMNS, SPLITS
 from pipeline.names import DATASETS, RESIZE_AT
@@ -181,18 +184,26 @@ def write_tsv(path: Path, rows: int, base_url: str) -> dict[str, int]:
     return kinds
 
 
+def own_rss_mb() -> float:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024
+
+
 def run_stage(argv: list[str], cwd: Path, env: dict) -> dict:
-    """Run one stage script; its wall time, CPU time and peak RSS (its whole process tree)."""
+    """Run one stage script; its wall time, CPU time (its whole process tree), the stage process's own
+    peak RSS (benchmarks/peak_rss.py) and the largest ru_maxrss of its tree (at least this script's
+    own RSS when it started the stage: Linux carries maxrss across exec)."""
     start = time.perf_counter()
+    peak = cwd / "peak_rss_kb"
     with open(cwd / "stage.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(wrapped(argv[0], argv[1:], peak), cwd=cwd, env=env, stdout=log, stderr=log)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{argv[0]} failed ({proc.returncode}); see {cwd / 'stage.log'}:\n"
                  + (cwd / "stage.log").read_text()[-3000:])
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": peak_mb(peak),
+            "tree_rss_mb": usage.ru_maxrss / 1024}
 
 
 def size_of(*paths: Path) -> int:
@@ -319,13 +330,15 @@ def main() -> None:
               f"(served {c['served']['missing']} 404s, {c['served']['not_image']} non-images), samples in shards: "
               + ", ".join(f"{n} (resize_at {mode})" for mode, n in c["shard_samples"].items()))
     print()
-    print("| stage | rows | wall s / 1k rows | CPU s / 1k rows | peak RSS MB | output MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"peak RSS: the stage process's own (VmHWM); tree: the largest ru_maxrss of its process tree, which "
+          f"is at least this script's RSS when it started the stage ({own_rss_mb():.0f} MB now)")
+    print("| stage | rows | wall s / 1k rows | CPU s / 1k rows | peak RSS MB | tree MB | output MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in stages:
         for rows in sizes:
             r = measured[rows][name]
             print(f"| {name} | {rows} | {per_k(r['wall'], rows):.3f} | {per_k(r['cpu'], rows):.3f} | "
-                  f"{r['rss_mb']:.0f} | {r['bytes'] / 1e6:.1f} |")
+                  f"{r['rss_mb']:.0f} | {r['tree_rss_mb']:.0f} | {r['bytes'] / 1e6:.1f} |")
 
     print()
     print("| resize_at | rows | download CPU s / 1k | split+tokenize+shard CPU s / 1k | added | shard's share of all CPU |")
@@ -387,12 +400,15 @@ def main() -> None:
         print(f"  {name:<11} CPU s per 1k rows x{ratio:.2f}; start-up ~{fixed:.1f} CPU s; marginal CPU s per 1k rows "
               + ", ".join(f"{m:.3f}" for m in marginals) + f" ({verdict})")
     print()
-    print("peak RSS (the largest process of the stage's tree; forked children count the pages they share):")
+    print("peak RSS of the stage process (a fixed floor of interpreter and imports, then what grows with "
+          "the rows; the slope between the smallest and largest size, carried to CC12M):")
     for name in stages:
         rss = {rows: measured[rows][name]["rss_mb"] for rows in sizes}
         slope = (rss[large] - rss[small]) / (large - small)  # MB per row
         growth = rss[large] / rss[small]
-        line = f"  {name:<11} x{growth:.2f} for {large / small:.0f}x the rows ({'sublinear' if growth < large / small else 'NOT sublinear'})"
+        flat = slope * CC12M_ROWS < 0.25 * rss[large]  # under a quarter more at 10.9M rows
+        line = (f"  {name:<11} x{growth:.2f} for {large / small:.0f}x the rows "
+                f"({'flat' if flat else 'GROWS with the rows'})")
         if slope > 0:
             line += (f"; +{slope * 1e6 / 1e3:.2f} kB per row: {(rss[large] + slope * (CC12M_ROWS - large)) / 1e3:.1f} GB "
                      f"at {CC12M_ROWS:,} rows if it keeps growing so")

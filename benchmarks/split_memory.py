@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak_rss import peak_mb, wrapped  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import download as dl  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
@@ -168,19 +169,6 @@ def fabricate(out_dir: Path, n: int, params: Path) -> None:
     write_json(out_dir / dl.PASSES, [dl.MAIN, "retry-01"])
 
 
-# Runs a script as __main__ and, as its interpreter exits, writes the process's peak RSS (VmHWM, kB:
-# this process's own address space since exec) to the file named by its first argument.
-PEAK_RSS_WRAPPER = """
-import atexit, runpy, sys
-def report(path=sys.argv[1]):
-    hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'))
-    open(path, 'w').write(hwm.split()[1])
-atexit.register(report)
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name='__main__')
-"""
-
-
 def run_split(checkout: Path, download: Path, out: Path, work: Path, pool: str) -> dict:
     """One split stage run as a child process; its wall s, CPU s and peak RSS."""
     env = {**os.environ, "TMPDIR": str(work)}
@@ -188,16 +176,15 @@ def run_split(checkout: Path, download: Path, out: Path, work: Path, pool: str) 
         env["ARROW_DEFAULT_MEMORY_POOL"] = pool
     out.mkdir(parents=True)
     peak = out / "peak_rss_kb"
-    cmd = [sys.executable, "-c", PEAK_RSS_WRAPPER, str(peak), str(checkout / "stages" / "split.py"), "cc12m",
-           "--params", str(checkout / "params.yaml"), "--download", str(download), "--out", str(out),
-           "--counts", str(out / "counts.json")]
+    cmd = wrapped(checkout / "stages" / "split.py", ["cc12m", "--params", str(checkout / "params.yaml"),
+                  "--download", str(download), "--out", str(out), "--counts", str(out / "counts.json")], peak)
     start = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, cwd=checkout, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({os.waitstatus_to_exitcode(status)})")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": int(peak.read_text()) / 1024,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": peak_mb(peak),
             "counts": json.loads((out / "counts.json").read_text())}
 
 
