@@ -135,15 +135,23 @@ def counted_ops(step) -> list[tuple]:
 
 def replay(calls: list[tuple]):
     """A closure running the recorded ops alone, on random tensors of the recorded shapes and strides
-    (so each matmul takes the same BLAS path): the time the step's counted FLOPs take by themselves."""
+    (so each matmul takes the same BLAS path): the time the step's counted FLOPs take by themselves.
+    Ops with inputs of the same shape share one tensor, which a cache may favour a little over the
+    step's distinct tensors (at paper size the operands are larger than any cache)."""
     from torch.utils._pytree import tree_map
 
+    made: dict[TensorSpec, torch.Tensor] = {}  # one tensor per distinct spec: a paper-size step's
+    # inputs, all held at once, would take tens of GB; ops of the same shapes share theirs
+
     def make(x):
+        if isinstance(x, TensorSpec) and x in made:
+            return made[x]
         if isinstance(x, TensorSpec):
             extent = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride)) if all(x.shape) else 0
             base = torch.empty(extent, dtype=x.dtype)  # (strides may repeat elements: fill the storage)
             base = base.normal_() if base.is_floating_point() else base.zero_()
-            return base.as_strided(x.shape, x.stride)
+            made[x] = base.as_strided(x.shape, x.stride)
+            return made[x]
         return x
     ready = [(func, tree_map(make, args), tree_map(make, kwargs)) for func, args, kwargs in calls]
 

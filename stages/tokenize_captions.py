@@ -9,7 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +18,7 @@ from pipeline.checks import exit_on_user_error  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
-from pipeline.data.tokenizer import build_tokenizer, encode_captions  # noqa: E402
+from pipeline.data.tokenizer import build_tokenizer, encode_split  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 
@@ -35,8 +34,8 @@ def main() -> None:
     cfg = load_config(args.params).data.tokenizer
 
     def captions(dataset: str, split: str) -> list[str]:
-        # The caption column alone, one split at a time: the pairs' other columns (tar, key, url...)
-        # are not needed here, and holding every split's frames at once grew with the dataset.
+        # The caption column alone, one split at a time, for a tokenizer trained here (the demo's: it
+        # learns from all of them at once). Encoding reads the captions batch by batch (encode_split).
         path = Path(args.splits) / dataset / f"{split}.parquet"
         return pd.read_parquet(path, columns=["caption"])["caption"].tolist()
 
@@ -48,11 +47,11 @@ def main() -> None:
     counts = {"vocab_size": len(tokenizer), "context_length": cfg.context_length}
     for dataset in DATASETS:
         for split in SPLITS:
-            ids, truncated = encode_captions(tokenizer, captions(dataset, split), cfg.context_length, cfg.batch_size)
             out = Path(args.tokens_out) / dataset
             out.mkdir(parents=True, exist_ok=True)
-            np.save(out / f"{split}.npy", ids)
-            counts[f"{dataset}_{split}_captions"] = len(ids)
+            rows, truncated = encode_split(tokenizer, Path(args.splits) / dataset / f"{split}.parquet",
+                                           out / f"{split}.npy", cfg.context_length, cfg.batch_size)
+            counts[f"{dataset}_{split}_captions"] = rows
             counts[f"{dataset}_{split}_truncated"] = truncated
     write_json(args.counts, counts)
     print(f"tokenizer with {len(tokenizer)} entries; {counts}")

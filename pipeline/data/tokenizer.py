@@ -10,6 +10,7 @@ captions, while BPE learns every word of it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from tokenizers import AddedToken
@@ -114,6 +115,30 @@ def encode_captions(
             out[row], cut = layout.sequence(tokens, context_length)
             truncated += cut
     return out, truncated
+
+
+def encode_split(tokenizer: PreTrainedTokenizerFast, pairs_path: Path, out_path: Path, context_length: int,
+                 batch_size: int = 4096) -> tuple[int, int]:
+    """Encode the captions of one split's pairs file into out_path (.npy, [N, context_length + 1]
+    int32: the bytes np.save writes) batch by batch: the captions are read batch_size at a time and
+    each batch's rows are appended to the file, so the memory this takes does not grow with the split
+    (a memory-mapped array would: its written pages count in the process's RSS).
+    Returns (captions, how many were truncated)."""
+    import pyarrow.parquet as pq
+
+    pairs = pq.ParquetFile(pairs_path)
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, context_length + 1), dtype=np.int32))
+    header["shape"] = (pairs.metadata.num_rows, context_length + 1)
+    rows = truncated = 0
+    with open(out_path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for batch in pairs.iter_batches(batch_size=batch_size, columns=["caption"]):
+            encoded, cut = encode_captions(tokenizer, batch.column(0).to_pylist(), context_length, batch_size)
+            f.write(encoded.tobytes())
+            rows, truncated = rows + len(encoded), truncated + cut
+    if rows != pairs.metadata.num_rows:
+        raise ValueError(f"{pairs_path}: {rows} captions read, the file's metadata says {pairs.metadata.num_rows}")
+    return rows, truncated
 
 
 def decode_tokens(tokenizer: PreTrainedTokenizerFast, tokens: Iterable[int]) -> str:

@@ -93,3 +93,21 @@ def test_unreachable_pretrained_tokenizer_fails_with_instructions(monkeypatch, t
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TokenizerError, match="data.tokenizer.name"):
         build_tokenizer(str(tmp_path / "no-such-tokenizer"), 32102)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 23])
+def test_a_split_is_encoded_batch_by_batch_into_the_bytes_np_save_writes(tokenizer, tmp_path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.data.tokenizer import encode_split
+
+    captions = [CAPTIONS[i % len(CAPTIONS)] * (1 + i % 4) for i in range(rows)]  # some truncated
+    pq.write_table(pa.table({"key": [str(i) for i in range(rows)], "caption": pa.array(captions, pa.string())}),
+                   tmp_path / "pairs.parquet", row_group_size=5)  # several row groups, batches across them
+    encoded, truncated = encode_captions(tokenizer, captions, 12)
+    np.save(tmp_path / "whole.npy", encoded)
+
+    assert encode_split(tokenizer, tmp_path / "pairs.parquet", tmp_path / "split.npy", 12, batch_size=3) == (rows, truncated)
+    assert (tmp_path / "split.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
+    assert rows < 23 or truncated > 0
