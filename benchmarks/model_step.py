@@ -161,7 +161,7 @@ def replay(calls: list[tuple]):
     return run
 
 
-def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False):
+def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False, open_clip: bool = True):
     """Step closures sharing one batch: ours (Baseline and GRR) fp32, open_clip fp32, ours bf16 autocast;
     with `compiled`, ours (Baseline and GRR) fp32 under torch.compile (inductor) as well."""
     torch.manual_seed(0)
@@ -187,6 +187,25 @@ def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False):
     ours, ours_step = our_step(cfg)
     _, grr_step = our_step(cfg.replace(encoder="grr"))
 
+    steps = {"ours fp32": lambda: ours_step(False), "ours grr fp32": lambda: grr_step(False),
+             "ours bf16": lambda: ours_step(True)}
+    counts = (sum(p.numel() for p in ours.parameters()), 0)
+    if open_clip:
+        steps["open_clip fp32"], theirs_params = open_clip_step(cfg, images, seq)
+        counts = (counts[0], theirs_params)
+    if compiled:
+        _, compiled_step = our_step(cfg, compile_model=True)
+        _, compiled_grr_step = our_step(cfg.replace(encoder="grr"), compile_model=True)
+        for name, step in (("ours compiled", compiled_step), ("ours grr compiled", compiled_grr_step)):
+            start = time.perf_counter()
+            step(False)  # compiles (forward and backward graphs)
+            print(f"  {name}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
+            steps[name] = lambda step=step: step(False)
+    return steps, counts
+
+
+def open_clip_step(cfg: ModelConfig, images: torch.Tensor, seq: torch.Tensor):
+    """open_clip's CoCa step on the same batch (fp32, fused AdamW), and its parameter count."""
     theirs, theirs_loss = open_clip_coca(cfg)
     theirs_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-5, weight_decay=0.001, fused=True)
     # open_clip's format: no CLS token (it appends a learned CLS embedding itself), same length.
@@ -199,19 +218,7 @@ def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False):
         theirs_opt.zero_grad(set_to_none=True)
         (con + cap).backward()
         theirs_opt.step()
-
-    counts = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
-    steps = {"ours fp32": lambda: ours_step(False), "open_clip fp32": theirs_step,
-             "ours grr fp32": lambda: grr_step(False), "ours bf16": lambda: ours_step(True)}
-    if compiled:
-        _, compiled_step = our_step(cfg, compile_model=True)
-        _, compiled_grr_step = our_step(cfg.replace(encoder="grr"), compile_model=True)
-        for name, step in (("ours compiled", compiled_step), ("ours grr compiled", compiled_grr_step)):
-            start = time.perf_counter()
-            step(False)  # compiles (forward and backward graphs)
-            print(f"  {name}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
-            steps[name] = lambda step=step: step(False)
-    return steps, counts
+    return theirs_step, sum(p.numel() for p in theirs.parameters())
 
 
 def timed(step) -> tuple[float, float]:
@@ -228,9 +235,10 @@ def bench_config(size: str) -> ModelConfig:
     return model_preset(size, encoder="baseline")  # CoCa(cfg) has dropout 0 unless a phase sets it
 
 
-def bench(size: str, batch: int, steps: int, warmup: int, compiled: bool) -> dict[str, dict[str, float]]:
+def bench(size: str, batch: int, steps: int, warmup: int, compiled: bool,
+          open_clip: bool = True) -> dict[str, dict[str, float]]:
     cfg = bench_config(size)
-    runs, (n_ours, n_theirs) = make_steps(cfg, batch, compiled)
+    runs, (n_ours, n_theirs) = make_steps(cfg, batch, compiled, open_clip)
     print(f"\n[{size}] dim {cfg.dim}, layers {cfg.vit_layers}/{cfg.unimodal_layers}/"
           f"{cfg.multimodal_layers}, heads {cfg.heads}, image {cfg.image_size}/{cfg.patch_size}, "
           f"context {cfg.context_length}, vocab {cfg.vocab_size}, batch {batch}; "
@@ -272,13 +280,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-open-clip", action="store_true",
+                        help="leave open_clip out (at paper size three models and their AdamW states, about "
+                             "19 GB, leave no room for the ops-alone replay on a 24 GB machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
     ceiling = matmul_ceiling(args.threads)
     print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s (best of 5 4096x4096 torch.mm, {args.threads} thread(s))")
-    results = {size: bench(size, args.batch, args.steps, args.warmup, args.compile) for size in args.sizes}
+    results = {size: bench(size, args.batch, args.steps, args.warmup, args.compile, not args.no_open_clip)
+               for size in args.sizes}
     ceiling_after = matmul_ceiling(args.threads)
     print(f"\nfp32 matmul ceiling before / after the steps: {ceiling:.1f} / {ceiling_after:.1f} GFLOP/s; "
           "utilisation = counted FLOPs per sample x samples/s / the higher ceiling")
@@ -292,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     names = ["ours fp32", "ours grr fp32", "open_clip fp32", "ours bf16",
              "ours fp32 ops alone", "ours grr fp32 ops alone", "open_clip fp32 ops alone"]
     names += ["ours compiled", "ours grr compiled"] if args.compile else []
+    names = [n for n in names if all(n in r for r in results.values())]  # (--no-open-clip: theirs left out)
     timed_fp32 = [n for n in names if n != "ours bf16"]
     ratios = [("ours/oc", "ours fp32", "open_clip fp32"), ("grr/ours", "ours grr fp32", "ours fp32"),
               ("ours-ops/oc", "ours fp32 ops alone", "open_clip fp32"),
@@ -299,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         ratios += [("comp/oc", "ours compiled", "open_clip fp32"), ("grrc/oc", "ours grr compiled", "open_clip fp32"),
                    ("grrc/comp", "ours grr compiled", "ours compiled")]
+    ratios = [r for r in ratios if r[1] in names and r[2] in names]
     width = {n: max(12, len(n) + 2) for n in names}
     utils = {n: "util " + n.replace(" fp32", "") for n in timed_fp32}
     print(f"{'size':<8}{'stat':<8}" + "".join(f"{n:>{width[n]}}" for n in names) + "".join(f"{r[0]:>13}" for r in ratios)
