@@ -161,7 +161,8 @@ def replay(calls: list[tuple]):
     return run
 
 
-def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False, open_clip: bool = True):
+def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False, open_clip: bool = True,
+               encoders: tuple[str, ...] = ("baseline", "grr")):
     """Step closures sharing one batch: ours (Baseline and GRR) fp32, open_clip fp32, ours bf16 autocast;
     with `compiled`, ours (Baseline and GRR) fp32 under torch.compile (inductor) as well."""
     torch.manual_seed(0)
@@ -184,19 +185,22 @@ def make_steps(cfg: ModelConfig, batch: int, compiled: bool = False, open_clip: 
             opt.step()
         return model, step
 
-    ours, ours_step = our_step(cfg)
-    _, grr_step = our_step(cfg.replace(encoder="grr"))
-
-    steps = {"ours fp32": lambda: ours_step(False), "ours grr fp32": lambda: grr_step(False),
-             "ours bf16": lambda: ours_step(True)}
-    counts = (sum(p.numel() for p in ours.parameters()), 0)
+    steps, counts = {}, (0, 0)
+    if "baseline" in encoders:
+        ours, ours_step = our_step(cfg)
+        steps.update({"ours fp32": lambda: ours_step(False), "ours bf16": lambda: ours_step(True)})
+        counts = (sum(p.numel() for p in ours.parameters()), 0)
+    if "grr" in encoders:
+        _, grr_step = our_step(cfg.replace(encoder="grr"))
+        steps["ours grr fp32"] = lambda: grr_step(False)
     if open_clip:
         steps["open_clip fp32"], theirs_params = open_clip_step(cfg, images, seq)
         counts = (counts[0], theirs_params)
     if compiled:
-        _, compiled_step = our_step(cfg, compile_model=True)
-        _, compiled_grr_step = our_step(cfg.replace(encoder="grr"), compile_model=True)
-        for name, step in (("ours compiled", compiled_step), ("ours grr compiled", compiled_grr_step)):
+        wanted = [(name, cfg.replace(encoder=encoder)) for name, encoder in
+                  (("ours compiled", "baseline"), ("ours grr compiled", "grr")) if encoder in encoders]
+        for name, model_cfg in wanted:
+            _, step = our_step(model_cfg, compile_model=True)
             start = time.perf_counter()
             step(False)  # compiles (forward and backward graphs)
             print(f"  {name}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
@@ -235,10 +239,10 @@ def bench_config(size: str) -> ModelConfig:
     return model_preset(size, encoder="baseline")  # CoCa(cfg) has dropout 0 unless a phase sets it
 
 
-def bench(size: str, batch: int, steps: int, warmup: int, compiled: bool,
-          open_clip: bool = True) -> dict[str, dict[str, float]]:
+def bench(size: str, batch: int, steps: int, warmup: int, compiled: bool, open_clip: bool = True,
+          encoders: tuple[str, ...] = ("baseline", "grr")) -> dict[str, dict[str, float]]:
     cfg = bench_config(size)
-    runs, (n_ours, n_theirs) = make_steps(cfg, batch, compiled, open_clip)
+    runs, (n_ours, n_theirs) = make_steps(cfg, batch, compiled, open_clip, encoders)
     print(f"\n[{size}] dim {cfg.dim}, layers {cfg.vit_layers}/{cfg.unimodal_layers}/"
           f"{cfg.multimodal_layers}, heads {cfg.heads}, image {cfg.image_size}/{cfg.patch_size}, "
           f"context {cfg.context_length}, vocab {cfg.vocab_size}, batch {batch}; "
@@ -280,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--encoders", nargs="+", default=["baseline", "grr"], choices=["baseline", "grr"],
+                        help="which of ours to build (one alone: its step timed in a process of its own, "
+                             "with no other paper-size model sharing the memory)")
     parser.add_argument("--no-open-clip", action="store_true",
                         help="leave open_clip out (at paper size three models and their AdamW states, about "
                              "19 GB, leave no room for the ops-alone replay on a 24 GB machine)")
@@ -289,8 +296,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.backends.cpu.get_cpu_capability()}")
     ceiling = matmul_ceiling(args.threads)
     print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s (best of 5 4096x4096 torch.mm, {args.threads} thread(s))")
-    results = {size: bench(size, args.batch, args.steps, args.warmup, args.compile, not args.no_open_clip)
-               for size in args.sizes}
+    results = {size: bench(size, args.batch, args.steps, args.warmup, args.compile, not args.no_open_clip,
+                           tuple(args.encoders)) for size in args.sizes}
     ceiling_after = matmul_ceiling(args.threads)
     print(f"\nfp32 matmul ceiling before / after the steps: {ceiling:.1f} / {ceiling_after:.1f} GFLOP/s; "
           "utilisation = counted FLOPs per sample x samples/s / the higher ceiling")
