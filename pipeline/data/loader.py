@@ -266,17 +266,15 @@ class SharedRing:
 
     def __init__(self, chunks_per_step: int):
         self.size = PREFETCH_FACTOR + chunks_per_step + 1
-        self.blocks: dict[tuple, list[torch.Tensor]] = {}
+        self.blocks: list[torch.Tensor] = []  # every chunk has the same shape: lo.chunk images
         self.turn = 0
 
     def stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """torch.stack into the next block of that shape and dtype (allocated on its first use)."""
-        key = ((len(tensors), *tensors[0].shape), tensors[0].dtype)
-        blocks = self.blocks.setdefault(key, [])
+        """torch.stack into the next block (allocated on its first use)."""
         slot, self.turn = self.turn % self.size, self.turn + 1
-        if slot == len(blocks):
-            blocks.append(torch.empty(key[0], dtype=key[1]).share_memory_())
-        return torch.stack(tensors, out=blocks[slot])
+        if slot == len(self.blocks):
+            self.blocks.append(torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype).share_memory_())
+        return torch.stack(tensors, out=self.blocks[slot])
 
 
 def augment_seed(seed: int, epoch: int, stream: int, position: int) -> int:

@@ -59,14 +59,13 @@ def split_of(dataset: str, url: str, source_split: str, val_fraction: float, sal
     return SOURCE_SPLITS[dataset].get(source_split)
 
 
-def pairs_of(sample) -> list[tuple]:
-    """One row per (image, caption) of a sample (a dict or a named tuple with SAMPLE_COLUMNS): MSCOCO
-    and Flickr30K have about five captions per image."""
-    get = sample.get if isinstance(sample, dict) else lambda name: getattr(sample, name)
-    captions = json.loads(get("captions")) if isinstance(get("captions"), str) and get("captions") else []
+def pairs_of(sample: dict) -> list[tuple]:
+    """One row per (image, caption) of a sample (a dict with SAMPLE_COLUMNS): MSCOCO and Flickr30K
+    have about five captions per image."""
+    captions = json.loads(sample["captions"]) if isinstance(sample["captions"], str) and sample["captions"] else []
     if not captions:
-        captions = [get("caption")]
-    return [(get("tar"), get("key"), get("url"), str(get("image_id")), index, caption)
+        captions = [sample["caption"]]
+    return [(sample["tar"], sample["key"], sample["url"], str(sample["image_id"]), index, caption)
             for index, caption in enumerate(captions)]
 
 
@@ -74,16 +73,25 @@ def make_splits(dataset: str, samples: pd.DataFrame, val_fraction: float, salt: 
     """Split the downloaded images of one dataset held in memory (`val_fraction`, `salt`: data.split's
     CC12M settings); returns ({split: pairs frame}, counts). The stage streams instead (write_splits);
     this is the same rule for a frame at hand."""
-    samples = samples.sort_values("url", kind="stable").reset_index(drop=True)
-    assigned = [split_of(dataset, s.url, s.split, val_fraction, salt) for s in samples.itertuples(index=False)]
-    out, counts = {}, {"images_unused": sum(a is None for a in assigned)}
-    for split in SPLITS:
-        images = [s for s, a in zip(samples.itertuples(index=False), assigned) if a == split]
-        pairs = pd.DataFrame([p for image in images for p in pairs_of(image)], columns=PAIR_COLUMNS)
-        out[split] = pairs
-        counts[f"{split}_images"] = len(images)
-        counts[f"{split}_pairs"] = len(pairs)
-    return out, counts
+    rows: dict[str, list[tuple]] = {split: [] for split in SPLITS}
+    counts = _split_into(dataset, samples.sort_values("url", kind="stable").to_dict("records"),
+                         {split: rows[split].extend for split in SPLITS}, val_fraction, salt)
+    return {split: pd.DataFrame(rows[split], columns=PAIR_COLUMNS) for split in SPLITS}, counts
+
+
+def _split_into(dataset: str, samples: Iterable[dict], add: dict, val_fraction: float, salt: str) -> dict:
+    """The rule, once: each sample (sorted by URL) goes to its split's `add` as its pairs; the counts."""
+    counts = {"images_unused": 0, **{f"{split}_{what}": 0 for split in SPLITS for what in ("images", "pairs")}}
+    for sample in samples:
+        split = split_of(dataset, sample["url"], sample["split"], val_fraction, salt)
+        if split is None:
+            counts["images_unused"] += 1
+            continue
+        pairs = pairs_of(sample)
+        add[split](pairs)
+        counts[f"{split}_images"] += 1
+        counts[f"{split}_pairs"] += len(pairs)
+    return counts
 
 
 def write_splits(dataset: str, samples: Iterable[dict], out_dir: Path, val_fraction: float, salt: str) -> dict:
@@ -92,16 +100,7 @@ def write_splits(dataset: str, samples: Iterable[dict], out_dir: Path, val_fract
     returns the counts. Same rows, order and bytes as make_splits' frames written with to_parquet, up
     to CHUNK_ROWS pairs per split; a bigger split is cut into row groups of CHUNK_ROWS (the same rows)."""
     files = {split: _PairsFile(out_dir / f"{split}.parquet") for split in SPLITS}
-    counts = {"images_unused": 0, **{f"{split}_{what}": 0 for split in SPLITS for what in ("images", "pairs")}}
-    for sample in samples:
-        split = split_of(dataset, sample["url"], sample["split"], val_fraction, salt)
-        if split is None:
-            counts["images_unused"] += 1
-            continue
-        pairs = pairs_of(sample)
-        files[split].add(pairs)
-        counts[f"{split}_images"] += 1
-        counts[f"{split}_pairs"] += len(pairs)
+    counts = _split_into(dataset, samples, {split: files[split].add for split in SPLITS}, val_fraction, salt)
     for file in files.values():
         file.close()
     return counts
