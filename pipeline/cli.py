@@ -38,8 +38,7 @@ def cmd_download(args: argparse.Namespace) -> None:
     cfg = load_config(args.params)
     paths = stage_options("download", args.dataset, args.dvc_yaml)
     out = args.out or paths["--out"]
-    retry_failed(out, cfg.data.download)
-    report = download_report(out)
+    report = retry_failed(out, cfg.data.download) or download_report(out)
     write_json(args.report or paths["--report"], report)
     print(f"{args.dataset}: {report['success']}/{report['rows']} downloaded ({report['success_rate']:.1%})")
 

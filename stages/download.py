@@ -7,6 +7,7 @@ interrupted download resumes where it stopped. The report counts every row by fi
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +17,7 @@ from pipeline.checks import exit_on_user_error  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.download import download, download_report, retry_failed  # noqa: E402
-from pipeline.data.sources import read_source  # noqa: E402
+from pipeline.data.sources import source_chunks  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 
@@ -32,11 +33,11 @@ def main() -> None:
     cfg = load_config(args.params)
     out = Path(args.out)
     if args.retry_failed:
-        retry_failed(out, cfg.data.download)
+        report = retry_failed(out, cfg.data.download) or download_report(out)
     else:
-        urls = read_source(args.dataset, cfg.data.sources)
-        download(args.dataset, urls, out, cfg.data.download)
-    report = download_report(out)
+        refused = Counter()  # filled while the list streams in
+        urls = source_chunks(args.dataset, cfg.data.sources, refused)
+        report = download(args.dataset, urls, out, cfg.data.download, refused=refused)
     write_json(args.report, report)
     print(f"{args.dataset}: {report['success']}/{report['rows']} downloaded ({report['success_rate']:.1%})")
 

@@ -23,7 +23,7 @@ import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -36,6 +36,7 @@ DATASETS = ("cc12m", "mscoco", "flickr30k", "roco")
 COCO_FILES = {"train": "captions_train2017.json", "val": "captions_val2017.json"}
 ROCO_SPLITS = ("train", "valid", "test")
 ROCO_HEADER = ["ID", "Caption"]
+CHUNK_ROWS = 32_768  # CC12M rows read at once: ~20 MB as Python strings
 
 WHERE_TO_OBTAIN = {
     "cc12m": "download https://storage.googleapis.com/conceptual_12m/cc12m.tsv "
@@ -134,13 +135,23 @@ def _confined(rows: list[tuple], root: Path, dataset: str) -> tuple[list[tuple],
 
 
 def read_cc12m_tsv(path: str | Path) -> pd.DataFrame:
-    """Read `cc12m.tsv`. Blank lines are skipped; any other line must be `url<TAB>caption` with a
-    non-empty URL without spaces and a non-empty caption without further tabs. A URL without a scheme
-    is a file path relative to the TSV's folder (see `resolve_reference`); its image_id is the hash of
-    the URL as written, so it does not depend on where the folder lives."""
+    """Read `cc12m.tsv` whole (see cc12m_tsv_chunks; the download stage streams it instead)."""
+    refused: Counter = Counter()
+    df = pd.concat(list(cc12m_tsv_chunks(path, refused)), ignore_index=True)
+    df.attrs["refused"] = dict(refused)
+    return df
+
+
+def cc12m_tsv_chunks(path: str | Path, refused: Counter, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Read `cc12m.tsv` `chunk_rows` lines at a time (10.9M rows held whole as Python strings would
+    take gigabytes), counting the refused rows into `refused` by reason. At least one frame, empty if
+    no row is kept. Blank lines are skipped; any other line must be `url<TAB>caption` with a non-empty
+    URL without spaces and a non-empty caption without further tabs. A URL without a scheme is a file
+    path relative to the TSV's folder (see `resolve_reference`); its image_id is the hash of the URL
+    as written, so it does not depend on where the folder lives."""
     path = Path(path)
     _require(path, "cc12m", "the URL/caption list cc12m.tsv")
-    rows = []
+    rows, kept = [], 0
     with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not part of line 1
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
@@ -166,11 +177,22 @@ def read_cc12m_tsv(path: str | Path) -> pd.DataFrame:
                 raise SourceError(f"{path}: line {lineno}: {problem}")
             rows.append((resolve_reference(url, path.parent), caption, json.dumps([caption], ensure_ascii=False),
                          url_id(url), ""))
-    rows, refused = _confined(rows, path.parent, "cc12m")
-    log.info("cc12m: %d rows from %s", len(rows), path)
-    df = _frame(rows)
-    df.attrs["refused"] = refused
-    return df
+            if len(rows) == chunk_rows:
+                chunk = _confined_frame(rows, path.parent, refused)
+                kept += len(chunk)
+                yield chunk
+                rows = []
+    if rows or not kept:
+        chunk = _confined_frame(rows, path.parent, refused)
+        kept += len(chunk)
+        yield chunk
+    log.info("cc12m: %d rows from %s", kept, path)
+
+
+def _confined_frame(rows: list[tuple], root: Path, refused: Counter) -> pd.DataFrame:
+    rows, refused_here = _confined(rows, root, "cc12m")
+    refused.update(refused_here)
+    return _frame(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +423,19 @@ def read_roco(root: str | Path) -> pd.DataFrame:
 
 
 def read_source(dataset: str, sources_cfg: Any) -> pd.DataFrame:
-    """The URL list of one dataset, from the paths in `data.sources` (a `SourcesConfig`)."""
+    """The URL list of one dataset, from the paths in `data.sources` (a `SourcesConfig`), whole,
+    with the refused rows' counts in attrs["refused"]."""
+    refused: Counter = Counter()
+    df = pd.concat(list(source_chunks(dataset, sources_cfg, refused)), ignore_index=True)
+    df.attrs["refused"] = dict(refused)
+    return df
+
+
+def source_chunks(dataset: str, sources_cfg: Any, refused: Counter) -> Iterator[pd.DataFrame]:
+    """The URL list of one dataset in chunks (CC12M's read lazily, CHUNK_ROWS rows at a time; the
+    others, a few hundred thousand rows at most, whole), counting the refused rows into `refused`.
+    A missing file is reported here, before any chunk is read; a malformed CC12M line when its chunk
+    is."""
     if dataset not in DATASETS:
         raise SourceError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     keys = SOURCE_KEYS[dataset]
@@ -409,9 +443,12 @@ def read_source(dataset: str, sources_cfg: Any) -> pd.DataFrame:
     for (key, what), path in zip(keys.items(), paths):
         _require(path, dataset, what, key)
     if dataset == "cc12m":
-        return read_cc12m_tsv(paths[0])
+        return cc12m_tsv_chunks(paths[0], refused)
     if dataset == "mscoco":
-        return read_coco_captions(paths[0])
-    if dataset == "flickr30k":
-        return read_karpathy_flickr30k(paths[0], paths[1])
-    return read_roco(paths[0])
+        df = read_coco_captions(paths[0])
+    elif dataset == "flickr30k":
+        df = read_karpathy_flickr30k(paths[0], paths[1])
+    else:
+        df = read_roco(paths[0])
+    refused.update(df.attrs.get("refused", {}))
+    return iter([df])

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import math
+import shutil
+import tempfile
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -69,6 +72,35 @@ def make_urls(root: Path, good: int = 5) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def downloaded(out: Path) -> pd.DataFrame:
+    """The split stage's stream (samples_by_url) as a frame."""
+    return pd.DataFrame(list(dl.samples_by_url(out, Path(tempfile.mkdtemp()))), columns=dl.SAMPLE_COLUMNS)
+
+
+def expected_samples(out: Path) -> list[dict]:
+    """What samples_by_url must give, read from the download folder in pandas, independently of the
+    module's streaming: per URL, the first row of the list whose image some pass got, with the first
+    pass that got it; in URL order."""
+    per_shard = json.loads((out / "download.json").read_text())["number_sample_per_shard"]
+    key_base = 10 ** math.ceil(math.log10(per_shard))
+    got = []
+    for index, name in enumerate(json.loads((out / "passes.json").read_text())):
+        listed = pd.read_parquet(out / f"{name}.urls")
+        for parquet in sorted((out / name).glob("*.parquet")):
+            if not (out / name / f"{parquet.stem}_stats.json").exists():
+                continue
+            shard = pd.read_parquet(parquet).query("status == 'success'")
+            rows = int(parquet.stem) * per_shard + shard["key"].astype("int64").to_numpy() % key_base
+            got.append(pd.DataFrame({"identity": listed["identity"].to_numpy()[rows], "pass": index,
+                                     "tar": f"{name}/{parquet.stem}.tar", "key": shard["key"].to_numpy(),
+                                     "width": shard["width"].astype("int64").to_numpy(),
+                                     "height": shard["height"].astype("int64").to_numpy()}))
+    first = pd.concat(got).sort_values("pass", kind="stable").drop_duplicates("identity")
+    urls = pd.read_parquet(out / "urls.parquet")
+    found = urls.merge(first, on="identity").drop_duplicates("url").sort_values("url", kind="stable")
+    return found[dl.SAMPLE_COLUMNS].to_dict("records")
+
+
 def shard_files(pass_dir: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in sorted(pass_dir.iterdir()) if p.is_file()}
 
@@ -96,19 +128,19 @@ def test_download_records_each_failure_kind(tmp_path, resize_mode):
     final = dl.final_status(out).set_index("row")["status"]
     assert final[5] == "failed_to_download" and final[6] == final[7] == "failed_to_resize"
     # the layout: the URL list, img2dataset's own folder, nothing else of img2dataset's
-    assert sorted(p.name for p in out.iterdir()) == ["download.json", "main", "main.urls.parquet", "passes.json",
+    assert sorted(p.name for p in out.iterdir()) == ["download.json", "main", "main.urls", "passes.json",
                                                      "refused.json", "urls.parquet"]
     ends = (".tar", ".parquet", "_stats.json")
     assert set(shard_files(out / "main")) == {f"0000{i}{end}" for i in (0, 1) for end in ends}
 
 
-def test_successful_samples_point_to_tar_members(tmp_path):
+def test_samples_point_to_tar_members(tmp_path):
     urls = make_urls(tmp_path / "images")
     urls = pd.concat([urls, urls.iloc[[1]]], ignore_index=True)  # the same URL twice
     out = tmp_path / "out"
     report = dl.download("cc12m", urls, out, CFG)
     assert (report["rows"], report["success"]) == (9, 6)
-    samples = dl.successful_samples(out)
+    samples = downloaded(out)
     assert list(samples.columns) == dl.SAMPLE_COLUMNS
     assert len(samples) == 5 and samples["url"].is_unique
     assert set(samples["image_id"]) == {f"good{i}" for i in range(5)}
@@ -123,10 +155,11 @@ def test_successful_samples_point_to_tar_members(tmp_path):
         assert meta["captions"] == sample.captions and meta["split"] == sample.split
 
 
-def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monkeypatch):
-    """The split stage's stream: the rows successful_samples keeps (the first row of each URL, the
-    first pass that got its image) in URL order, across passes, shards, row groups and merged runs."""
+def test_samples_by_url_are_the_downloaded_samples_sorted_by_url(tmp_path, monkeypatch):
+    """The split stage's stream: the first row of each URL whose image a pass got, with the first
+    pass that got it, in URL order, across passes, shards, parts, row groups and merged runs."""
     monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)  # URL lists of several row groups
+    monkeypatch.setattr(dl, "PASS_LIST_PART_ROWS", 9)  # pass lists of several parts of 2 shards
     monkeypatch.setattr(sorting, "RUN_ROWS", 3)
     monkeypatch.setattr(sorting, "MERGE_BATCH_ROWS", 2)
     monkeypatch.setattr(sorting, "MAX_FAN_IN", 2)
@@ -141,7 +174,7 @@ def test_samples_by_url_are_the_successful_samples_sorted_by_url(tmp_path, monke
     dl.download("cc12m", pd.concat([again, urls, more, again], ignore_index=True), out, CFG)
     assert dl._passes(out) == ["main", "retry-01", "add-01"]
 
-    expected = dl.successful_samples(out).sort_values("url", kind="stable").to_dict("records")
+    expected = expected_samples(out)
     assert list(dl.samples_by_url(out, tmp_path / "scratch")) == expected
     assert len(expected) == 9 and len(list((tmp_path / "scratch" / "urls").glob("merged-1-*"))) > 1
     assert pq.ParquetFile(out / "urls.parquet").metadata.num_row_groups == 7  # 20 rows, 3 a group
@@ -158,8 +191,8 @@ def test_retry_recovers_rows_that_failed(tmp_path):
     assert (report["rows"], report["success"], report["failed"]) == (8, 6, 2)
     assert report["failed_by_status"] == {"failed_to_resize": 2}
     # the retry pass downloaded only the three failed rows
-    assert len(pd.read_parquet(out / "retry-01.urls.parquet")) == 3
-    samples = dl.successful_samples(out)
+    assert len(pd.read_parquet(out / "retry-01.urls")) == 3
+    samples = downloaded(out)
     assert len(samples) == 6
     recovered = samples[samples["image_id"] == "missing"].iloc[0]
     assert recovered["tar"] == "retry-01/00000.tar"
@@ -168,11 +201,11 @@ def test_retry_recovers_rows_that_failed(tmp_path):
     # a second pass retries only what is still failed
     report = dl.retry_failed(out, CFG)
     assert report["retry_passes"] == 2 and report["success"] == 6
-    assert pd.read_parquet(out / "retry-02.urls.parquet")["image_id"].tolist() == ["text", "truncated"]
+    assert pd.read_parquet(out / "retry-02.urls")["image_id"].tolist() == ["text", "truncated"]
     # a local file changed since the main pass (missing.jpg now exists): only that image is fetched again
     report = dl.download("mscoco", urls, out, CFG)
     assert (report["success"], report["failed"], report["retry_passes"]) == (6, 2, 2)
-    assert pd.read_parquet(out / "add-01.urls.parquet")["image_id"].tolist() == ["missing"]
+    assert pd.read_parquet(out / "add-01.urls")["image_id"].tolist() == ["missing"]
     assert (out / "retry-01").exists()
 
 
@@ -183,7 +216,7 @@ def test_download_runs_the_configured_retry_passes(tmp_path, monkeypatch):
     report = dl.download("flickr30k", urls, out, cfg)
     assert report["retry_passes"] == 2 and report["failed"] == 3
     assert report["failed_by_status"] == {"failed_to_resize": 2, "failed_to_download": 1}
-    assert [len(pd.read_parquet(out / f"retry-0{i}.urls.parquet")) for i in (1, 2)] == [3, 3]
+    assert [len(pd.read_parquet(out / f"retry-0{i}.urls")) for i in (1, 2)] == [3, 3]
     # rerunning with the same inputs keeps every pass as it is, without starting img2dataset
     before = {d: shard_files(out / d) for d in ("main", "retry-01", "retry-02")}
     monkeypatch.setattr(dl, "_img2dataset", None)
@@ -206,9 +239,12 @@ def test_nothing_to_retry(tmp_path):
 
 def test_incremental_resume_redownloads_only_missing_shards(tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)  # row groups that do not fall on shard edges
+    monkeypatch.setattr(dl, "PASS_LIST_PART_ROWS", 9)  # parts of 8 rows (2 shards) that img2dataset reads in turn
     urls = make_urls(tmp_path / "images", good=7)  # 10 rows, 4 per shard: shards 0, 1, 2
     out = tmp_path / "out"
     first = dl.download("cc12m", urls, out, CFG)
+    assert [len(pd.read_parquet(p)) for p in sorted((out / "main.urls").iterdir())] == [8, 2]
+    assert first["success"] == 7 and len(downloaded(out)) == 7  # every key maps back to its row
     main = out / "main"
     before = shard_files(main)
     assert len(before) == 9
@@ -220,7 +256,7 @@ def test_incremental_resume_redownloads_only_missing_shards(tmp_path, monkeypatc
     assert sorted(after) == sorted(before)
     unchanged = {name for name in after if after[name] == before[name]}
     assert unchanged == {"00000.tar", "00000.parquet", "00000_stats.json"}
-    assert len(dl.successful_samples(out)) == 7
+    assert len(downloaded(out)) == 7
 
     # all shards done: img2dataset is not even started
     def fail(*args, **kwargs):
@@ -239,17 +275,63 @@ def test_fewer_rows_fetch_nothing_and_other_options_start_over(tmp_path, monkeyp
         mp.setattr(dl, "_img2dataset", None)  # nothing to fetch: img2dataset must not start
         report = dl.download("roco", urls.iloc[:2], out, CFG)
     assert (report["rows"], report["success"]) == (2, 2) and shard_files(out / "main") == main
-    assert len(dl.successful_samples(out)) == 2
+    assert len(downloaded(out)) == 2
     report = dl.download("roco", urls.iloc[:2], out, replace(CFG, image_size=16))  # other bytes: refetched
-    assert dl._passes(out) == ["main"] and len(pd.read_parquet(out / "main.urls.parquet")) == 2
-    assert dl.successful_samples(out)[["width", "height"]].min().min() <= 16
+    assert dl._passes(out) == ["main"] and len(pd.read_parquet(out / "main.urls")) == 2
+    assert downloaded(out)[["width", "height"]].min().min() <= 16
+
+
+def test_a_list_in_chunks_is_the_list_whole(tmp_path, monkeypatch):
+    """A source that streams (CC12M's reader) hands the list over in chunks: the same download as the
+    frame at once; a bad row in a later chunk is named by its row in the whole list, and leaves the
+    URL list of the download before it in place (nothing half written)."""
+    monkeypatch.setattr(dl, "URL_LIST_ROW_GROUP_ROWS", 3)
+    urls = make_urls(tmp_path / "images")
+    whole = dl.download("roco", urls, tmp_path / "whole", CFG, refused={"r": 1})
+    chunks = (urls.iloc[start:start + 5] for start in range(0, len(urls), 5))
+    assert dl.download("roco", chunks, tmp_path / "chunks", CFG, refused={"r": 1}) == whole
+    for name in ("urls.parquet", "main.urls/part-00000.parquet"):
+        assert pq.read_table(tmp_path / "chunks" / name).equals(pq.read_table(tmp_path / "whole" / name))
+    assert pq.ParquetFile(tmp_path / "chunks" / "urls.parquet").metadata.num_row_groups == 3  # 8 rows, 3 a group
+
+    listed = (tmp_path / "whole" / "urls.parquet").read_bytes()
+    bad = urls.copy()
+    bad.loc[6, "caption"] = None
+    with monkeypatch.context() as mp:
+        mp.setattr(dl, "_img2dataset", None)  # it must fail before any fetch
+        with pytest.raises(ValueError, match="row 6: caption is missing"):
+            dl.download("roco", (bad.iloc[:5], bad.iloc[5:]), tmp_path / "whole", CFG)
+    assert (tmp_path / "whole" / "urls.parquet").read_bytes() == listed
+    assert dl.download_report(tmp_path / "whole") == whole
+
+
+def test_a_download_made_with_single_file_pass_lists_is_read_as_before(tmp_path, monkeypatch):
+    """Downloads made before pass lists were folders (`main.urls.parquet`) keep every image: nothing
+    is fetched again, the report and the samples are the same, and a new pass is a folder."""
+    images = tmp_path / "images"
+    urls = make_urls(images)
+    out = tmp_path / "out"
+    report = dl.download("roco", urls, out, CFG)
+    samples = downloaded(out)
+    pd.read_parquet(out / "main.urls").to_parquet(out / "main.urls.parquet", index=False)  # the old layout
+    shutil.rmtree(out / "main.urls")
+    with monkeypatch.context() as mp:
+        mp.setattr(dl, "_img2dataset", None)
+        assert dl.download("roco", urls, out, CFG) == report
+    assert downloaded(out).equals(samples)
+    (images / "missing.jpg").write_bytes(jpeg_bytes(50, 40, (0, 128, 0)))
+    assert dl.retry_failed(out, CFG)["success"] == 6
+    assert (out / "retry-01.urls").is_dir() and (out / "main.urls.parquet").is_file()
+    assert dl.download("roco", urls.iloc[:1], out, CFG)["success"] == 1  # retry-01 no longer used: removed
+    assert dl._passes(out) == ["main"] and not (out / "retry-01.urls").exists()
+    assert len(downloaded(out)) == 1
 
 
 def test_empty_and_invalid_url_lists(tmp_path):
     empty = make_urls(tmp_path / "images").iloc[:0]
     report = dl.download("roco", empty, tmp_path / "out", replace(CFG, retry_failed_passes=1))
     assert (report["rows"], report["success"], report["success_rate"], report["retry_passes"]) == (0, 0, 0.0, 0)
-    assert dl.successful_samples(tmp_path / "out").empty
+    assert downloaded(tmp_path / "out").empty
     bad = make_urls(tmp_path / "images")
     bad.loc[2, "url"] = None
     with pytest.raises(ValueError, match="row 2: url is missing"):
@@ -319,12 +401,12 @@ def test_downloads_are_incremental_per_row_counted_at_the_server(tmp_path, image
     hits.clear()
     dl.download("cc12m", rows(10, {3: "an edited caption"}), out, CFG)
     assert sum(hits.values()) == 0
-    samples = dl.successful_samples(out).set_index("image_id")
+    samples = downloaded(out).set_index("image_id")
     assert samples.loc["3", "caption"] == "an edited caption"
     assert json.loads(samples.loc["3", "captions"]) == ["an edited caption"]
     report = dl.download("cc12m", rows(4), out, CFG)
     assert sum(hits.values()) == 0 and (report["rows"], report["success"]) == (4, 4)
-    assert sorted(dl.successful_samples(out)["image_id"]) == ["0", "1", "2", "3"]
+    assert sorted(downloaded(out)["image_id"]) == ["0", "1", "2", "3"]
     assert dl._passes(out) == ["main"]  # add-01 held only removed rows: deleted
 
 
@@ -359,7 +441,7 @@ def test_pyspark_downloads_the_same_samples_as_multiprocessing(tmp_path, image_s
     with_spark = dl.download("cc12m", rows, tmp_path / "spark", dataclasses.replace(CFG, distributor="pyspark",
                                                                                   processes_count=2))
     assert with_spark == with_processes and with_spark["success"] == 6 and with_spark["failed"] == 1
-    spark_samples, mp_samples = dl.successful_samples(tmp_path / "spark"), dl.successful_samples(tmp_path / "mp")
+    spark_samples, mp_samples = downloaded(tmp_path / "spark"), downloaded(tmp_path / "mp")
     assert spark_samples.drop(columns="tar").equals(mp_samples.drop(columns="tar"))
     assert members(tmp_path / "spark") == members(tmp_path / "mp") and len(members(tmp_path / "mp")) == 12
     from pyspark.sql import SparkSession

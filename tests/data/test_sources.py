@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline.config import SourcesConfig
 from pipeline.data.sources import (
     COLUMNS,
     SourceError,
+    cc12m_tsv_chunks,
     read_cc12m_tsv,
     read_coco_captions,
     read_karpathy_flickr30k,
@@ -71,6 +74,26 @@ def test_cc12m_malformed_line_names_file_and_line(tmp_path, bad_line, problem):
     with pytest.raises(SourceError, match=problem) as e:
         read_cc12m_tsv(path)
     assert f"{path}: line 3:" in str(e.value)
+
+
+def test_cc12m_streams_in_chunks_with_the_rows_and_refusals_of_the_whole(tmp_path):
+    """The download stage reads CC12M a chunk at a time: the chunks are the whole list cut up, the
+    refused rows are counted as they pass, and a bad line is found when its chunk is read."""
+    (tmp_path / "local.jpg").write_bytes(b"x")
+    lines = [f"https://a.example/{i}.jpg\tcaption {i}" for i in range(7)]
+    lines[2], lines[5] = "ftp://a.example/x.jpg\tftp", "local.jpg\tlocal"
+    path = tmp_path / "cc12m.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    refused = Counter()
+    chunks = list(cc12m_tsv_chunks(path, refused, chunk_rows=3))
+    assert [len(chunk) for chunk in chunks] == [2, 3, 1]  # 3 lines each, less the refused ftp:// row
+    assert pd.concat(chunks, ignore_index=True).equals(read_cc12m_tsv(path))
+    assert refused == {"scheme ftp: not http, https or file": 1} == read_cc12m_tsv(path).attrs["refused"]
+    path.write_text("\n".join([*lines[:4], "no tab", *lines[4:]]) + "\n")
+    stream = cc12m_tsv_chunks(path, Counter(), chunk_rows=3)
+    assert len(next(stream)) == 2
+    with pytest.raises(SourceError, match="line 5: no tab"):
+        next(stream)
 
 
 def test_cc12m_missing_file_says_where_to_get_it(tmp_path):

@@ -11,7 +11,7 @@ from pipeline.config import build_config
 from pipeline.data import sorting
 from pipeline.data import split as split_module
 from pipeline.data.demo import generate_demo
-from pipeline.data.download import download, samples_by_url, successful_samples
+from pipeline.data.download import SAMPLE_COLUMNS, download, samples_by_url
 from pipeline.data.sources import read_source
 from pipeline.data.split import SPLITS, make_splits, url_fraction, write_splits
 from pipeline.names import DATASETS
@@ -108,7 +108,8 @@ def test_streamed_splits_are_the_in_memory_splits_byte_for_byte_on_the_demo(tmp_
 
         old = Path("old") / dataset  # what the stage wrote before it streamed
         old.mkdir(parents=True)
-        frames, old_counts = make_splits(dataset, successful_samples(folder), split_cfg.cc12m_val_fraction,
+        samples = pd.DataFrame(list(samples_by_url(folder, Path("scratch-old") / dataset)), columns=SAMPLE_COLUMNS)
+        frames, old_counts = make_splits(dataset, samples, split_cfg.cc12m_val_fraction,
                                          split_cfg.hash_salt)
         for split, pairs in frames.items():
             pairs.to_parquet(old / f"{split}.parquet", index=False)
