@@ -668,9 +668,11 @@ def _url_table(urls_df: pd.DataFrame, first_row: int = 0) -> pd.DataFrame:
         if len(bad):
             raise ValueError(f"URL list row {first_row + bad[0]}: {column} is missing")
     urls = urls.astype(str)
-    empty = urls.index[urls["url"].str.strip().eq("")]
-    if len(empty):
-        raise ValueError(f"URL list row {first_row + empty[0]}: url is empty")
+    # Not urls["url"].str.strip(): pandas 2.3's .str accessor leaves a reference cycle holding the
+    # column until the cyclic GC runs, ~20 MB per 32,768 rows, 0.6 GB at a million before it does.
+    empty = next((row for row, url in enumerate(urls["url"]) if not url.strip()), None)
+    if empty is not None:
+        raise ValueError(f"URL list row {first_row + empty}: url is empty")
     return urls
 
 

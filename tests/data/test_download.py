@@ -301,6 +301,9 @@ def test_a_list_in_chunks_is_the_list_whole(tmp_path, monkeypatch):
         mp.setattr(dl, "_img2dataset", None)  # it must fail before any fetch
         with pytest.raises(ValueError, match="row 6: caption is missing"):
             dl.download("roco", (bad.iloc[:5], bad.iloc[5:]), tmp_path / "whole", CFG)
+    bad.loc[6, "caption"], bad.loc[7, "url"] = "a caption", "  "
+    with pytest.raises(ValueError, match="row 7: url is empty"):
+        dl.download("roco", (bad.iloc[:5], bad.iloc[5:]), tmp_path / "whole", CFG)
     assert (tmp_path / "whole" / "urls.parquet").read_bytes() == listed
     assert dl.download_report(tmp_path / "whole") == whole
 
