@@ -320,9 +320,10 @@ def run_jobs(jobs: Iterator[ShardJob], workers: int) -> list[tuple[list[dict], C
     workers <= 1 or there is a single job. At most JOBS_IN_FLIGHT_PER_WORKER * workers jobs are
     submitted and not yet collected: each holds its tar's pairs and token rows in this process until
     its result comes back, and the jobs are only made (read from the sort) as the window moves on."""
-    first = list(itertools.islice(jobs, 2))
-    jobs = itertools.chain(first, jobs)
-    if workers <= 1 or len(first) < 2:
+    first = list(itertools.islice(jobs, 2))  # enough to tell one job from several
+    several = len(first) == 2
+    jobs = itertools.chain(taken(first), jobs)
+    if workers <= 1 or not several:
         return [process_tar(job) for job in jobs]
     results, in_flight = [], collections.deque()
     with ProcessPoolExecutor(max_workers=workers, initializer=one_torch_thread) as pool:
@@ -332,3 +333,9 @@ def run_jobs(jobs: Iterator[ShardJob], workers: int) -> list[tuple[list[dict], C
             in_flight.append(pool.submit(process_tar, job))
         results.extend(future.result() for future in in_flight)
     return results
+
+
+def taken(items: list) -> Iterator:
+    """The items of a list, each removed from it as it is taken (the list keeps no job that is done)."""
+    while items:
+        yield items.pop(0)
