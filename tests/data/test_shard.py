@@ -249,6 +249,7 @@ def test_the_pool_is_fed_a_bounded_window_of_jobs_and_results_keep_job_order(tmp
     args = ("cc12m", "train", pairs_path, tokens_path, tmp_path / "dl")
     in_process = shard_split(*args, tmp_path / "here", shard_cfg(image_size=8, samples_per_shard=3))
     monkeypatch.setattr(shard, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(CountingPool, "most_in_flight", 0)
     pooled = shard_split(*args, tmp_path / "pool", shard_cfg(image_size=8, samples_per_shard=3, workers=2))
     assert CountingPool.most_in_flight == shard.JOBS_IN_FLIGHT_PER_WORKER * 2 < 9
     assert pooled == in_process and shard_files(tmp_path / "pool") == shard_files(tmp_path / "here")
