@@ -95,12 +95,13 @@ def bench_shard(n: int, image_size: int, workers: int, root: Path, textured: boo
                 tar.addfile(info, io.BytesIO(data))
                 rows.append((f"main/{t:05d}.tar", key, f"http://x/{key}.jpg", key, 0, "caption"))
     pairs = pd.DataFrame(rows, columns=["tar", "key", "url", "image_id", "caption_index", "caption"])
-    tokens = np.zeros((len(pairs), 65), dtype=np.int32)
+    pairs.to_parquet(root / "pairs.parquet", index=False)
+    np.save(root / "tokens.npy", np.zeros((len(pairs), 65), dtype=np.int32))
     start = time.perf_counter()
     cfg = dataclasses.replace(build_config({"preset": "paper"}).data.shard, image_size=image_size,
                               samples_per_shard=1000, workers=workers,
                               resize_at="shard")  # what this measures (the paper preset's is load: data_scale.py)
-    manifest = shard_split("bench", "train", pairs, tokens, download, root / f"out{workers}", cfg)
+    manifest = shard_split("bench", "train", root / "pairs.parquet", root / "tokens.npy", download, root / f"out{workers}", cfg)
     assert manifest["samples"] == len(pairs)
     return len(pairs) / (time.perf_counter() - start)
 

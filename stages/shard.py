@@ -1,11 +1,13 @@
-"""DVC stage `shard@<dataset>`: training shards of each split, with a manifest of sample counts."""
+"""DVC stage `shard@<dataset>`: training shards of each split, with a manifest of sample counts.
+
+Streams: each split's pairs and token rows are read a row group at a time and grouped by downloaded
+tar through sorted run files on disk (pipeline.data.shard), so memory does not follow the rows:
+measured by benchmarks/shard_memory.py.
+"""
 
 import argparse
 import sys
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
@@ -35,8 +37,8 @@ def main() -> None:
         manifest = shard_split(
             args.dataset,
             split,
-            pd.read_parquet(Path(args.splits) / f"{split}.parquet"),
-            np.load(Path(args.tokens) / f"{split}.npy"),
+            Path(args.splits) / f"{split}.parquet",
+            Path(args.tokens) / f"{split}.npy",
             download_dir=Path(args.download),
             out_dir=Path(args.out) / split,
             cfg=cfg,

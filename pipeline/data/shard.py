@@ -18,30 +18,48 @@ pixels are corrupt behind a good header is skipped and counted by the loader. im
 re-encoded every file it saved (pipeline/data/download.py), so those are rare. The pairs are then
 shuffled with a seed and cut into shards (the loader shuffles again across shards), so the five
 captions of a COCO image rarely meet in one batch.
+
+Memory does not grow with the split. The parent process never holds the split's pairs or token rows:
+it reads the pairs parquet a row group at a time with the matching token rows, sorts them by (tar, row)
+through run files on disk (pipeline/data/sorting.py; a scratch folder under the split's out_dir,
+removed at the end), and makes one tar's job at a time from the merged stream as the worker pool takes
+it, with at most JOBS_IN_FLIGHT_PER_WORKER jobs per worker submitted and not yet collected. So it holds
+a sort run (RUN_ROWS rows) or a merge's few rows per run, plus the jobs in flight (a tar's pairs and
+token rows each: up to data.download.number_sample_per_shard images' captions). A worker holds one
+tar's stored images (process_tar).
 """
 
 from __future__ import annotations
 
-import io
-import json
+import collections
 import functools
+import io
+import itertools
+import json
 import random
+import shutil
 import tarfile
+import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from pipeline.data.preprocess import decode_image, encode_jpeg, prepare_image, probe_image
+from pipeline.data.sorting import grouped, merge_runs, sort_to_runs
+from pipeline.data.split import PAIR_COLUMNS
 from pipeline.io import atomic_write, write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # of a downloaded image
+JOBS_IN_FLIGHT_PER_WORKER = 2  # enough to keep every worker busy while a finished job's result is collected
+SCRATCH_PREFIX = ".pairs-by-tar-"  # the sort's scratch folder under a split's out_dir, removed at the end
 
 
 @dataclass(frozen=True)
@@ -173,46 +191,30 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
 def shard_split(
     dataset: str,
     split: str,
-    pairs: pd.DataFrame,
-    tokens: np.ndarray,
+    pairs_path: Path,
+    tokens_path: Path,
     download_dir: Path,
     out_dir: Path,
     cfg: Any,
 ) -> dict:
-    """Write the shards of one split under out_dir and return its manifest. `cfg` is the `data.shard`
+    """Write the shards of one split under out_dir and return its manifest, from the split's pairs
+    parquet and its token .npy (row i of the one is row i of the other). `cfg` is the `data.shard`
     section (image_size, resize_mode, resize_at, samples_per_shard, jpeg_quality, workers, seed)."""
-    if len(pairs) != len(tokens):
-        raise ValueError(f"{dataset}/{split}: {len(pairs)} pairs but {len(tokens)} token rows")
+    pairs_in = pq.ParquetFile(pairs_path).metadata.num_rows
+    tokens = TokenFile.open(tokens_path)
+    if pairs_in != tokens.rows:
+        raise ValueError(f"{dataset}/{split}: {pairs_in} pairs ({pairs_path}) but {tokens.rows} token rows "
+                         f"({tokens_path})")
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("shard-*.tar"):  # a rerun replaces the split's shards, never mixes them
         old.unlink()
-    jobs = []
-    for number, (tar, group) in enumerate(pairs.groupby("tar", sort=True)):
-        jobs.append(
-            ShardJob(
-                dataset=dataset,
-                split=split,
-                tar_path=str(download_dir / tar),
-                pairs=list(
-                    zip(group.index, group.key, group.url, group.image_id, group.caption_index, group.caption)
-                ),
-                tokens=tokens[group.index.to_numpy()],
-                source_tar=tar,
-                number=number,
-                out_dir=out_dir,
-                image_size=cfg.image_size,
-                resize_mode=cfg.resize_mode,
-                resize_at=cfg.resize_at,
-                jpeg_quality=cfg.jpeg_quality,
-                samples_per_shard=cfg.samples_per_shard,
-                seed=cfg.seed,
-            )
-        )
-    if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers, initializer=one_torch_thread) as pool:
-            results = list(pool.map(process_tar, jobs))
-    else:
-        results = [process_tar(job) for job in jobs]
+    for old in out_dir.glob(f"{SCRATCH_PREFIX}*"):  # left by a killed run: not part of the output
+        shutil.rmtree(old)
+    # The sort's run files hold all the pairs with their tokens once: beside the shards, on the data
+    # disk, rather than in the system's temporary directory.
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=out_dir) as scratch:
+        jobs = shard_jobs(dataset, split, pairs_path, tokens, download_dir, out_dir, cfg, Path(scratch))
+        results = run_jobs(jobs, cfg.workers)
     shards: list[dict] = []
     skipped: Counter = Counter()
     for job_shards, job_skipped in results:
@@ -222,14 +224,118 @@ def shard_split(
         "dataset": dataset,
         "split": split,
         "samples": sum(s["samples"] for s in shards),
-        "pairs_in": len(pairs),
+        "pairs_in": pairs_in,
         "skipped": dict(sorted(skipped.items())),
         "skipped_total": sum(skipped.values()),
         "image_size": cfg.image_size,
         "resize_mode": cfg.resize_mode,
         "resize_at": cfg.resize_at,  # load: the loader makes the image_size square (older manifests: shard)
-        "context_length": int(tokens.shape[1] - 1),
+        "context_length": tokens.width - 1,
         "shards": shards,
     }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """A token .npy as its header describes it: `rows` rows of `width` values of `dtype`, in C order
+    from byte `offset` on, so that its rows can be read in order with plain reads."""
+
+    path: Path
+    rows: int
+    width: int
+    dtype: np.dtype
+    offset: int
+
+    @classmethod
+    def open(cls, path: Path) -> TokenFile:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"{path}: .npy format version {version} is not read here (1.0 or 2.0)")
+            shape, fortran_order, dtype = read_header(f)
+            offset = f.tell()
+        if len(shape) != 2 or fortran_order:
+            raise ValueError(f"{path}: token rows must be a 2-D array in C order, not shape {shape}"
+                             f"{' in Fortran order' if fortran_order else ''}")
+        return cls(Path(path), shape[0], shape[1], dtype, offset)
+
+
+def pairs_with_tokens(pairs_path: Path, tokens: TokenFile) -> Iterator[pa.Table]:
+    """The split's pairs one parquet row group at a time (the split stage writes CHUNK_ROWS a group),
+    each row with its number in the split (`row`) and its token row's bytes (`tokens`).
+    Not iter_batches: its reader reads row groups ahead on other threads, unboundedly while the
+    consumer (the sort) is slower. The token rows are read with plain reads, in order, one group's
+    at a time: a memory map's touched pages would stay in this process's RSS, the whole file by the end."""
+    file = pq.ParquetFile(pairs_path)
+    row_bytes = tokens.width * tokens.dtype.itemsize
+    start = 0
+    with open(tokens.path, "rb") as f:
+        f.seek(tokens.offset)
+        for group in range(file.num_row_groups):
+            table = file.read_row_group(group, columns=PAIR_COLUMNS)
+            n = table.num_rows
+            raw = f.read(n * row_bytes)
+            if len(raw) != n * row_bytes:
+                raise ValueError(f"{tokens.path}: ends before token row {start + n} (a truncated file)")
+            token_rows = pa.FixedSizeBinaryArray.from_buffers(pa.binary(row_bytes), n, [None, pa.py_buffer(raw)])
+            yield (table.append_column("row", pa.array(np.arange(start, start + n, dtype=np.int64)))
+                   .append_column("tokens", token_rows))
+            start += n
+
+
+def shard_jobs(dataset: str, split: str, pairs_path: Path, tokens: TokenFile, download_dir: Path,
+               out_dir: Path, cfg: Any, scratch: Path) -> Iterator[ShardJob]:
+    """One job per downloaded tar, in tar order (which numbers them), each with its pairs in split
+    order and their token rows, made one at a time as they are asked for.
+    The pairs file is ordered by URL, so a tar's pairs are scattered through it: they are brought
+    together by an external sort on (tar, row) whose run files go under `scratch` (pipeline/data/sorting.py),
+    so that memory holds a run of rows while sorting and a few rows per run while merging, not the split."""
+    keys = ["tar", "row"]
+    runs = sort_to_runs(pairs_with_tokens(pairs_path, tokens), keys, scratch)
+    for number, (tar, rows) in enumerate(grouped(merge_runs(runs, keys), "tar")):
+        yield ShardJob(
+            dataset=dataset,
+            split=split,
+            tar_path=str(download_dir / tar),
+            pairs=[(r["row"], r["key"], r["url"], r["image_id"], r["caption_index"], r["caption"]) for r in rows],
+            tokens=np.frombuffer(b"".join(r["tokens"] for r in rows), tokens.dtype).reshape(len(rows), tokens.width),
+            source_tar=tar,
+            number=number,
+            out_dir=out_dir,
+            image_size=cfg.image_size,
+            resize_mode=cfg.resize_mode,
+            resize_at=cfg.resize_at,
+            jpeg_quality=cfg.jpeg_quality,
+            samples_per_shard=cfg.samples_per_shard,
+            seed=cfg.seed,
+        )
+
+
+def run_jobs(jobs: Iterator[ShardJob], workers: int) -> list[tuple[list[dict], Counter]]:
+    """process_tar's result for each job, in job order: in `workers` processes, or in this one when
+    workers <= 1 or there is a single job. At most JOBS_IN_FLIGHT_PER_WORKER * workers jobs are
+    submitted and not yet collected: each holds its tar's pairs and token rows in this process until
+    its result comes back, and the jobs are only made (read from the sort) as the window moves on."""
+    first = list(itertools.islice(jobs, 2))  # enough to tell one job from several
+    several = len(first) == 2
+    jobs = itertools.chain(taken(first), jobs)
+    if workers <= 1 or not several:
+        return [process_tar(job) for job in jobs]
+    results, in_flight = [], collections.deque()
+    with ProcessPoolExecutor(max_workers=workers, initializer=one_torch_thread) as pool:
+        for job in jobs:
+            if len(in_flight) == JOBS_IN_FLIGHT_PER_WORKER * workers:
+                results.append(in_flight.popleft().result())
+            in_flight.append(pool.submit(process_tar, job))
+        results.extend(future.result() for future in in_flight)
+    return results
+
+
+def taken(items: list) -> Iterator:
+    """The items of a list, each removed from it as it is taken (the list keeps no job that is done)."""
+    while items:
+        yield items.pop(0)

@@ -3,7 +3,6 @@ import json
 import tarfile
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from support.trainkit import write_split
@@ -217,7 +216,7 @@ def test_load_shards_are_made_square_by_the_loader_exactly_as_inference_makes_th
 
     write_download(tmp_path, {"val": 12}, corrupt=(5,))  # image 5: a good header, pixels cut short
     cfg = build_config({"preset": "smoke", "data": {"shard": {"resize_at": "load", "resize_mode": "letterbox"}}})
-    shard_split("cc12m", "val", pd.read_parquet(tmp_path / "splits/val.parquet"), np.load(tmp_path / "tokens/val.npy"),
+    shard_split("cc12m", "val", tmp_path / "splits/val.parquet", tmp_path / "tokens/val.npy",
                 tmp_path / "download", tmp_path / "shards", cfg.data.shard)
     manifest = Manifest.load(tmp_path / "shards")
     assert (manifest.resize_at, manifest.resize_mode, manifest.samples) == ("load", "letterbox", 12)
