@@ -52,10 +52,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.checks import UserError
 from pipeline.data.preprocess import decode_image, encode_jpeg, prepare_image, probe_image
 from pipeline.data.sorting import grouped, merge_runs, sort_to_runs
 from pipeline.data.split import PAIR_COLUMNS
 from pipeline.io import atomic_write, write_json
+
+class ShardInputError(UserError, ValueError):
+    """A split's pairs or token file that the shard stage cannot use (the stage reports it in one line)."""
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # of a downloaded image
 JOBS_IN_FLIGHT_PER_WORKER = 2  # enough to keep every worker busy while a finished job's result is collected
@@ -203,7 +208,7 @@ def shard_split(
     pairs_in = pq.ParquetFile(pairs_path).metadata.num_rows
     tokens = TokenFile.open(tokens_path)
     if pairs_in != tokens.rows:
-        raise ValueError(f"{dataset}/{split}: {pairs_in} pairs ({pairs_path}) but {tokens.rows} token rows "
+        raise ShardInputError(f"{dataset}/{split}: {pairs_in} pairs ({pairs_path}) but {tokens.rows} token rows "
                          f"({tokens_path})")
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("shard-*.tar"):  # a rerun replaces the split's shards, never mixes them
@@ -255,11 +260,11 @@ class TokenFile:
             read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             if read_header is None:
-                raise ValueError(f"{path}: .npy format version {version} is not read here (1.0 or 2.0)")
+                raise ShardInputError(f"{path}: .npy format version {version} is not read here (1.0 or 2.0)")
             shape, fortran_order, dtype = read_header(f)
             offset = f.tell()
         if len(shape) != 2 or fortran_order:
-            raise ValueError(f"{path}: token rows must be a 2-D array in C order, not shape {shape}"
+            raise ShardInputError(f"{path}: token rows must be a 2-D array in C order, not shape {shape}"
                              f"{' in Fortran order' if fortran_order else ''}")
         return cls(Path(path), shape[0], shape[1], dtype, offset)
 
@@ -280,7 +285,7 @@ def pairs_with_tokens(pairs_path: Path, tokens: TokenFile) -> Iterator[pa.Table]
             n = table.num_rows
             raw = f.read(n * row_bytes)
             if len(raw) != n * row_bytes:
-                raise ValueError(f"{tokens.path}: ends before token row {start + n} (a truncated file)")
+                raise ShardInputError(f"{tokens.path}: ends before token row {start + n} (a truncated file)")
             token_rows = pa.FixedSizeBinaryArray.from_buffers(pa.binary(row_bytes), n, [None, pa.py_buffer(raw)])
             yield (table.append_column("row", pa.array(np.arange(start, start + n, dtype=np.int64)))
                    .append_column("tokens", token_rows))
