@@ -6,8 +6,8 @@
 
 No image is fetched: for each N the script writes a download folder in the layout
 pipeline/data/download.py leaves (download.json, urls.parquet, passes.json, refused.json, and per pass
-`<pass>.urls.parquet` and img2dataset's per-shard `<shard>.parquet` + `<shard>_stats.json`), which is
-all the split stage reads: it never opens the tars (a sample's tar is only named in its pairs), so
+its list, as one `<pass>.urls.parquet` file, the older layout download.py still reads, and
+img2dataset's per-shard `<shard>.parquet` + `<shard>_stats.json`), which is all the split stage reads: it never opens the tars (a sample's tar is only named in its pairs), so
 none is written. The rows look like CC12M's: URLs of about 100 characters on a few hundred hosts
 (1% of rows repeat an earlier URL, with another caption), captions of about 120 characters, a
 16-hex image_id. The `main` pass fails 3% of its images (2% failed_to_download, 1% failed_to_resize)

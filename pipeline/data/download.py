@@ -38,7 +38,7 @@ the masks of rows to fetch (`_add_pass`):
 - img2dataset reads a pass's list one file at a time (pq.read_table of each, in Reader._save_to_arrow),
   so a pass's list is a folder of parts of PASS_LIST_PART_ROWS rows (a multiple of
   number_sample_per_shard, which keeps img2dataset's shard numbers, and so its keys, continuous).
-benchmarks/data_scale.py measures the stage's peak memory at several sizes.
+benchmarks/download_memory.py measures the stage's peak memory on lists of up to millions of rows.
 
 img2dataset 1.47.0 facts this module relies on (read from its source, checked by the tests):
 - incremental_mode="incremental" skips every shard whose `<shard>_stats.json` exists in the output
