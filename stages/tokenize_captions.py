@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
+from typing import Iterator
+
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
@@ -33,14 +35,15 @@ def main() -> None:
 
     cfg = load_config(args.params).data.tokenizer
 
-    def captions(dataset: str, split: str) -> list[str]:
-        # The caption column alone, one split at a time, for a tokenizer trained here (the demo's: it
-        # learns from all of them at once). Encoding reads the captions batch by batch (encode_split).
-        path = Path(args.splits) / dataset / f"{split}.parquet"
-        return pd.read_parquet(path, columns=["caption"])["caption"].tolist()
+    def captions(dataset: str, split: str) -> Iterator[list[str]]:
+        # The caption column alone, a parquet row group (the split stage's 16,384 pairs) at a time:
+        # the trainer counts words as they stream by, so memory does not grow with the captions.
+        file = pq.ParquetFile(Path(args.splits) / dataset / f"{split}.parquet")
+        for group in range(file.num_row_groups):
+            yield file.read_row_group(group, columns=["caption"])["caption"].to_pylist()
 
     # Read only for a tokenizer trained here (the paper's t5-base is loaded, not trained).
-    training_captions = (c for d in DATASETS for c in captions(d, "train")) if cfg.name == "train" else ()
+    training_captions = (batch for d in DATASETS for batch in captions(d, "train")) if cfg.name == "train" else ()
     tokenizer = build_tokenizer(cfg.name, cfg.vocab_size, training_captions)
     tokenizer.save_pretrained(args.tokenizer_out)
 

@@ -63,8 +63,10 @@ def load_pretrained(name: str) -> PreTrainedTokenizerFast:
     return add_bos_and_cls(tokenizer)
 
 
-def train_tokenizer(captions: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A small SentencePiece-style BPE tokenizer with T5's layout; `vocab_size` counts BOS and CLS."""
+def train_tokenizer(captions: Iterable[str | list[str]], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A small SentencePiece-style BPE tokenizer with T5's layout; `vocab_size` counts BOS and CLS.
+    `captions`: captions, or batches of them, consumed as they come (the trainer keeps word counts,
+    not the captions)."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -79,7 +81,7 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int) -> PreTrainedToken
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     core.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2, special_tokens=[PAD, EOS, UNK], show_progress=False)
-    core.train_from_iterator(list(captions), trainer=trainer)
+    core.train_from_iterator(captions, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK)
     # A small corpus can support fewer pieces than asked for. Fill the gap with never-produced
     # `<unused_i>` entries (as BERT does), so BOS and CLS still land at vocab_size - 2 and - 1.
@@ -90,7 +92,7 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int) -> PreTrainedToken
     return add_bos_and_cls(tokenizer)
 
 
-def build_tokenizer(name: str, vocab_size: int, training_captions: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+def build_tokenizer(name: str, vocab_size: int, training_captions: Iterable[str | list[str]] = ()) -> PreTrainedTokenizerFast:
     """The configured tokenizer, with exactly `vocab_size` entries (32,102 for T5 plus BOS and CLS)."""
     tokenizer = train_tokenizer(training_captions, vocab_size) if name == "train" else load_pretrained(name)
     if len(tokenizer) != vocab_size:

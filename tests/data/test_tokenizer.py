@@ -34,6 +34,15 @@ def test_trained_tokenizer_has_t5_layout_and_exact_size(tokenizer):
     assert ids == TokenLayout(200)  # the one definition of the layout (pipeline/tokens.py)
 
 
+def test_a_tokenizer_trained_on_streamed_batches_is_the_one_trained_on_the_list(tokenizer):
+    """The tokenize stage feeds the trainer a parquet row group at a time, never every caption at once:
+    the same vocabulary and merges as from the whole list."""
+    batches = (CAPTIONS[start:start + 7] for start in range(0, len(CAPTIONS), 7))
+    streamed = build_tokenizer("train", 200, batches)
+    assert streamed.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
+    assert build_tokenizer("train", 200, CAPTIONS[:2]).backend_tokenizer.to_str() != tokenizer.backend_tokenizer.to_str()
+
+
 def test_encoding_layout_exactly(tokenizer):
     ids = layout_of(tokenizer)
     L = 24
