@@ -119,6 +119,27 @@ def test_worker_buffers_are_never_overwritten_while_in_use(split, streams, worke
     assert same(kept, epoch_batches(loader(split, streams=streams)))
 
 
+def test_each_worker_ring_block_is_mapped_once(split, monkeypatch):
+    """The main process keeps the ring blocks it received, so a block sent again is found in torch's
+    shared-storage cache rather than mapped anew: no more blocks are mapped than the rings hold."""
+    from torch.multiprocessing import reductions
+
+    assert torch.multiprocessing.get_sharing_strategy() == "file_descriptor"  # (Linux's default)
+    looked_up = {"found": 0, "mapped": 0}
+    real_lookup = reductions.storage_from_cache
+
+    def counting_lookup(cls, key):
+        storage = real_lookup(cls, key)
+        looked_up["found" if storage is not None else "mapped"] += 1
+        return storage
+
+    monkeypatch.setattr(reductions, "storage_from_cache", counting_lookup)
+    batches = list(loader(split, streams=4, num_workers=2).iter_epoch(0))
+    ring_blocks = 2 * (PREFETCH_FACTOR + 2 + 1)  # 2 workers, 2 chunks each per micro-batch
+    assert len(batches) * 4 == looked_up["found"] + looked_up["mapped"] > 2 * ring_blocks
+    assert looked_up["mapped"] <= ring_blocks
+
+
 def test_token_files_are_parsed_by_their_fixed_header_or_by_numpy():
     tokens = np.arange(17, dtype=np.int32)
     for array in (tokens, tokens.astype(np.int64), tokens.astype(">i4")):  # the shard stage's, and others
