@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -42,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peak_rss import peak_mb, wrapped  # noqa: E402
+from benchmarks.peak_rss import print_table, run_measured  # noqa: E402
 from benchmarks.split_memory import fabricate  # noqa: E402
 from pipeline.data import download as dl  # noqa: E402
 
@@ -76,17 +75,11 @@ def write_params(work: Path, tsv: Path) -> Path:
 
 def run_download(checkout: Path, params: Path, download: Path, work: Path, label: str) -> dict:
     """One download stage run as a child process; its wall s, CPU s, peak RSS and report."""
-    peak, report = work / f"peak-{label}", work / f"report-{label}.json"
-    cmd = wrapped(checkout / "stages" / "download.py", ["cc12m", "--params", str(params), "--out", str(download),
-                                                        "--report", str(report)], peak)
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, env={**os.environ, "TMPDIR": str(work)}, cwd=checkout, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({os.waitstatus_to_exitcode(status)})")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": peak_mb(peak),
-            "report": json.loads(report.read_text())}
+    report = work / f"report-{label}.json"
+    result = run_measured(checkout / "stages" / "download.py", ["cc12m", "--params", str(params), "--out",
+                          str(download), "--report", str(report)], work / f"peak-{label}", cwd=checkout,
+                          env={**os.environ, "TMPDIR": str(work)})
+    return {**result, "report": json.loads(report.read_text())}
 
 
 def main() -> None:
@@ -129,11 +122,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print("\n| rows | code | wall s | CPU s | CPU s per 1M rows | peak RSS MB |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
-    for r in results:
-        print(f"| {r['rows']:,} | {r['code']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-              f"{r['cpu_s'] / r['rows'] * 1e6:.1f} | {r['rss_mb']:.0f} |")
+    print_table(results, "rows")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ own address space's peak since exec) to a file.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Runs a script as __main__ and, as its interpreter exits, writes the process's peak RSS (VmHWM, kB)
@@ -32,3 +35,25 @@ def wrapped(script: str | Path, args: list[str], peak_file: Path) -> list[str]:
 
 def peak_mb(peak_file: Path) -> float:
     return int(peak_file.read_text()) / 1024
+
+
+def run_measured(script: str | Path, args: list[str], peak_file: Path, cwd: Path, env: dict | None = None) -> dict:
+    """Run `script args` as a child process (stdout discarded; exits on failure); its wall seconds,
+    CPU seconds (user + system, with the children it reaped: os.wait4) and peak RSS in MB."""
+    cmd = wrapped(script, args, peak_file)
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({os.waitstatus_to_exitcode(status)})")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": peak_mb(peak_file)}
+
+
+def print_table(results: list[dict], size: str) -> None:
+    """The markdown table of the memory benchmarks' runs: one row per (size, checkout)."""
+    print(f"\n| {size} | code | wall s | CPU s | CPU s per 1M {size} | peak RSS MB |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(f"| {r[size]:,} | {r['code']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+              f"{r['cpu_s'] / r[size] * 1e6:.1f} | {r['rss_mb']:.0f} |")

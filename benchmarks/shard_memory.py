@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -47,7 +45,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peak_rss import peak_mb, wrapped  # noqa: E402
+from benchmarks.peak_rss import print_table, run_measured  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
 from pipeline.data.split import CHUNK_ROWS, PAIR_COLUMNS, SPLITS  # noqa: E402
 
@@ -146,18 +144,11 @@ def write_params(path: Path, workers: int) -> None:
 def run_shard(checkout: Path, inputs: Path, out: Path, params: Path) -> dict:
     """One shard stage run as a child process; its wall s, CPU s (with its workers) and peak RSS."""
     out.mkdir(parents=True)
-    peak = out / "peak_rss_kb"
-    cmd = wrapped(checkout / "stages" / "shard.py",
-                  ["cc12m", "--params", str(params), "--download", str(inputs / "download"),
-                   "--splits", str(inputs / "splits"), "--tokens", str(inputs / "tokens"),
-                   "--out", str(out / "shards"), "--counts", str(out / "counts.json")], peak)
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=checkout, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({os.waitstatus_to_exitcode(status)})")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": peak_mb(peak)}
+    return run_measured(checkout / "stages" / "shard.py",
+                        ["cc12m", "--params", str(params), "--download", str(inputs / "download"),
+                         "--splits", str(inputs / "splits"), "--tokens", str(inputs / "tokens"),
+                         "--out", str(out / "shards"), "--counts", str(out / "counts.json")],
+                        out / "peak_rss_kb", cwd=checkout)
 
 
 def output_md5s(out: Path) -> dict[str, str]:
@@ -213,11 +204,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print("\n| pairs | code | wall s | CPU s | CPU s per 1M pairs | peak RSS MB |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
-    for r in results:
-        print(f"| {r['pairs']:,} | {r['code']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-              f"{r['cpu_s'] / r['pairs'] * 1e6:.1f} | {r['rss_mb']:.0f} |")
+    print_table(results, "pairs")
 
 
 if __name__ == "__main__":

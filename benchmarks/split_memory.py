@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peak_rss import peak_mb, wrapped  # noqa: E402
+from benchmarks.peak_rss import run_measured  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import download as dl  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
@@ -175,17 +174,10 @@ def run_split(checkout: Path, download: Path, out: Path, work: Path, pool: str) 
     if pool != "default":
         env["ARROW_DEFAULT_MEMORY_POOL"] = pool
     out.mkdir(parents=True)
-    peak = out / "peak_rss_kb"
-    cmd = wrapped(checkout / "stages" / "split.py", ["cc12m", "--params", str(checkout / "params.yaml"),
-                  "--download", str(download), "--out", str(out), "--counts", str(out / "counts.json")], peak)
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, env=env, cwd=checkout, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({os.waitstatus_to_exitcode(status)})")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": peak_mb(peak),
-            "counts": json.loads((out / "counts.json").read_text())}
+    result = run_measured(checkout / "stages" / "split.py", ["cc12m", "--params", str(checkout / "params.yaml"),
+                          "--download", str(download), "--out", str(out), "--counts", str(out / "counts.json")],
+                          out / "peak_rss_kb", cwd=checkout, env=env)
+    return {**result, "counts": json.loads((out / "counts.json").read_text())}
 
 
 def same_pairs(a: Path, b: Path) -> bool:
