@@ -452,3 +452,24 @@ def test_pyspark_downloads_the_same_samples_as_multiprocessing(tmp_path, image_s
     session = SparkSession.getActiveSession()
     assert session.conf.get("spark.driver.memory") == "1g"
     session.stop()
+
+
+def test_the_cli_retries_the_failed_rows_and_rewrites_the_report(tmp_path):
+    """`grr-coca download <dataset> --retry-failed`: one retry pass over the failed rows, then the
+    report file rewritten from the streamed statuses."""
+    import subprocess
+    import sys
+
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = replace(load_config(root / "params.yaml").data.download, retry_failed_passes=0)  # what the CLI reads
+    images, out, report_file = tmp_path / "images", tmp_path / "out", tmp_path / "report.json"
+    assert dl.download("roco", make_urls(images), out, cfg)["failed"] == 3
+    (images / "missing.jpg").write_bytes(jpeg_bytes(50, 40, (0, 128, 0)))
+    result = subprocess.run([str(Path(sys.executable).parent / "grr-coca"), "download", "roco", "--retry-failed",
+                             "--out", str(out), "--report", str(report_file)], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(report_file.read_text())
+    assert (report["success"], report["failed"], report["retry_passes"], report["recovered_by_retry"]) == (6, 2, 1, 1)
+    assert report == dl.download_report(out) and "roco: 6/8 downloaded" in result.stdout
