@@ -190,6 +190,8 @@ def download_report(out_dir: str | Path) -> dict:
     manifest = _read_manifest(out_dir)
     if manifest is None:
         raise DownloadError(f"{out_dir}: no download here ({MANIFEST} missing)")
+    if not (out_dir / URLS).exists():
+        raise DownloadError(f"{out_dir}: no URL list ({URLS}): the download stopped before writing it; run it again")
     rows = success = recovered = 0
     failed_by_status, failed_by_error = Counter(), Counter()
     for _, status, error_message, retried in _final_statuses(out_dir):

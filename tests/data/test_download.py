@@ -341,6 +341,9 @@ def test_empty_and_invalid_url_lists(tmp_path):
         dl.download("roco", bad, tmp_path / "out2", CFG)
     with pytest.raises(ValueError, match="lacks columns"):
         dl.download("roco", bad.drop(columns="captions"), tmp_path / "out2", CFG)
+    (tmp_path / "out2" / dl.URLS).unlink(missing_ok=True)  # stopped between the manifest and the list
+    with pytest.raises(dl.DownloadError, match="no URL list"):
+        dl.download_report(tmp_path / "out2")
 
 
 def test_normalise_error():
