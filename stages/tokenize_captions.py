@@ -9,10 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from typing import Iterator
-
-import pyarrow.parquet as pq
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline/, also inside `dvc exp run` copies
 
@@ -20,7 +16,7 @@ from pipeline.checks import exit_on_user_error  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.names import DATASETS  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
-from pipeline.data.tokenizer import build_tokenizer, encode_split  # noqa: E402
+from pipeline.data.tokenizer import build_tokenizer, encode_split, split_captions  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 
@@ -35,15 +31,10 @@ def main() -> None:
 
     cfg = load_config(args.params).data.tokenizer
 
-    def captions(dataset: str, split: str) -> Iterator[list[str]]:
-        # The caption column alone, a parquet row group (the split stage's 16,384 pairs) at a time:
-        # the trainer counts words as they stream by, so memory does not grow with the captions.
-        file = pq.ParquetFile(Path(args.splits) / dataset / f"{split}.parquet")
-        for group in range(file.num_row_groups):
-            yield file.read_row_group(group, columns=["caption"])["caption"].to_pylist()
-
-    # Read only for a tokenizer trained here (the paper's t5-base is loaded, not trained).
-    training_captions = (batch for d in DATASETS for batch in captions(d, "train")) if cfg.name == "train" else ()
+    # Read only for a tokenizer trained here (the paper's t5-base is loaded, not trained), a row group
+    # at a time: the trainer counts words as they stream by, so memory does not grow with the captions.
+    training_captions = (batch for d in DATASETS for batch in split_captions(Path(args.splits) / d / "train.parquet")) \
+        if cfg.name == "train" else ()
     tokenizer = build_tokenizer(cfg.name, cfg.vocab_size, training_captions)
     tokenizer.save_pretrained(args.tokenizer_out)
 

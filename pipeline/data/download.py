@@ -87,6 +87,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.checks import UserError
+from pipeline.data.parquet import row_groups
 from pipeline.data.sorting import grouped, merge_runs, sort_to_runs
 from pipeline.io import atomic_write, read_json, write_json
 
@@ -470,17 +471,13 @@ def _final_statuses(out_dir: Path) -> Iterator[tuple[int, str, str | None, bool]
 
 def _list_tables(path: Path, columns: list[str], numbered: bool = False) -> Iterator[pa.Table]:
     """A URL list (a file, or a pass's folder of parts) a row group at a time, each row with its
-    `row` number in the list if `numbered`. Not iter_batches: its reader reads row groups ahead on
-    other threads, unboundedly while the consumer (a sort) is slower, ~250 MB at a million rows."""
+    `row` number in the list if `numbered`."""
     start = 0
-    for part in _parts(path):
-        file = pq.ParquetFile(part)
-        for group in range(file.num_row_groups):
-            table = file.read_row_group(group, columns=columns)
-            if numbered:
-                table = table.append_column("row", pa.array(np.arange(start, start + len(table))))
-            start += len(table)
-            yield table
+    for table in itertools.chain.from_iterable(row_groups(part, columns) for part in _parts(path)):
+        if numbered:
+            table = table.append_column("row", pa.array(np.arange(start, start + len(table))))
+        start += len(table)
+        yield table
 
 
 def _parts(path: Path) -> list[Path]:

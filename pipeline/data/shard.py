@@ -53,10 +53,12 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.checks import UserError
+from pipeline.data.parquet import row_groups
 from pipeline.data.preprocess import decode_image, encode_jpeg, prepare_image, probe_image
 from pipeline.data.sorting import grouped, merge_runs, sort_to_runs
 from pipeline.data.split import PAIR_COLUMNS
 from pipeline.io import atomic_write, write_json
+
 
 class ShardInputError(UserError, ValueError):
     """A split's pairs or token file that the shard stage cannot use (the stage reports it in one line)."""
@@ -271,17 +273,14 @@ class TokenFile:
 
 def pairs_with_tokens(pairs_path: Path, tokens: TokenFile) -> Iterator[pa.Table]:
     """The split's pairs one parquet row group at a time (the split stage writes CHUNK_ROWS a group),
-    each row with its number in the split (`row`) and its token row's bytes (`tokens`).
-    Not iter_batches: its reader reads row groups ahead on other threads, unboundedly while the
-    consumer (the sort) is slower. The token rows are read with plain reads, in order, one group's
-    at a time: a memory map's touched pages would stay in this process's RSS, the whole file by the end."""
-    file = pq.ParquetFile(pairs_path)
+    each row with its number in the split (`row`) and its token row's bytes (`tokens`). The token
+    rows are read with plain reads, in order, one group's at a time: a memory map's touched pages
+    would stay in this process's RSS, the whole file by the end."""
     row_bytes = tokens.width * tokens.dtype.itemsize
     start = 0
     with open(tokens.path, "rb") as f:
         f.seek(tokens.offset)
-        for group in range(file.num_row_groups):
-            table = file.read_row_group(group, columns=PAIR_COLUMNS)
+        for table in row_groups(pairs_path, PAIR_COLUMNS):
             n = table.num_rows
             raw = f.read(n * row_bytes)
             if len(raw) != n * row_bytes:
@@ -326,9 +325,8 @@ def run_jobs(jobs: Iterator[ShardJob], workers: int) -> list[tuple[list[dict], C
     submitted and not yet collected: each holds its tar's pairs and token rows in this process until
     its result comes back, and the jobs are only made (read from the sort) as the window moves on."""
     first = list(itertools.islice(jobs, 2))  # enough to tell one job from several
-    several = len(first) == 2
-    jobs = itertools.chain(taken(first), jobs)
-    if workers <= 1 or not several:
+    jobs = itertools.chain(first, jobs)
+    if workers <= 1 or len(first) < 2:
         return [process_tar(job) for job in jobs]
     results, in_flight = [], collections.deque()
     with ProcessPoolExecutor(max_workers=workers, initializer=one_torch_thread) as pool:
@@ -339,8 +337,3 @@ def run_jobs(jobs: Iterator[ShardJob], workers: int) -> list[tuple[list[dict], C
         results.extend(future.result() for future in in_flight)
     return results
 
-
-def taken(items: list) -> Iterator:
-    """The items of a list, each removed from it as it is taken (the list keeps no job that is done)."""
-    while items:
-        yield items.pop(0)

@@ -26,6 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.parquet import row_groups
+
 RUN_ROWS = 32_768  # rows sorted at once: ~15 MB of Arrow for URL-list rows, twice while sorting
 MERGE_BATCH_ROWS = 256  # rows per row group of a run file, held per run as Python dicts while merging (~1 kB each)
 MAX_FAN_IN = 64  # runs merged at once (~64 x 256 kB); CC12M's 10.9M rows make 333 runs: one more level
@@ -68,9 +70,8 @@ def merge_runs(runs: list[Path], keys: list[str]) -> Iterator[dict]:
 
 def _rows(path: Path) -> Iterator[dict]:
     """A run's rows, one row group (MERGE_BATCH_ROWS) read at a time."""
-    file = pq.ParquetFile(path)
-    for group in range(file.num_row_groups):
-        yield from file.read_row_group(group).to_pylist()
+    for table in row_groups(path):
+        yield from table.to_pylist()
 
 
 def _merge_to_file(runs: list[Path], keys: list[str], path: Path) -> Path:

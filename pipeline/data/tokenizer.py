@@ -9,7 +9,7 @@ captions, while BPE learns every word of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pipeline.checks import UserError
+from pipeline.data.parquet import row_groups
 from pipeline.tokens import TokenLayout
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -119,6 +120,13 @@ def encode_captions(
     return out, truncated
 
 
+def split_captions(pairs_path: Path) -> Iterator[list[str]]:
+    """The captions of one split's pairs file, a parquet row group (the split stage's CHUNK_ROWS pairs)
+    at a time."""
+    for table in row_groups(pairs_path, ["caption"]):
+        yield table["caption"].to_pylist()
+
+
 def encode_split(tokenizer: PreTrainedTokenizerFast, pairs_path: Path, out_path: Path, context_length: int,
                  batch_size: int = 4096) -> tuple[int, int]:
     """Encode the captions of one split's pairs file into out_path (.npy, [N, context_length + 1]
@@ -128,18 +136,20 @@ def encode_split(tokenizer: PreTrainedTokenizerFast, pairs_path: Path, out_path:
     Returns (captions, how many were truncated)."""
     import pyarrow.parquet as pq
 
-    pairs = pq.ParquetFile(pairs_path)
+    expected = pq.ParquetFile(pairs_path).metadata.num_rows
     header = np.lib.format.header_data_from_array_1_0(np.empty((0, context_length + 1), dtype=np.int32))
-    header["shape"] = (pairs.metadata.num_rows, context_length + 1)
+    header["shape"] = (expected, context_length + 1)
     rows = truncated = 0
     with open(out_path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
-        for batch in pairs.iter_batches(batch_size=batch_size, columns=["caption"]):
-            encoded, cut = encode_captions(tokenizer, batch.column(0).to_pylist(), context_length, batch_size)
-            f.write(encoded.tobytes())
-            rows, truncated = rows + len(encoded), truncated + cut
-    if rows != pairs.metadata.num_rows:
-        raise ValueError(f"{pairs_path}: {rows} captions read, the file's metadata says {pairs.metadata.num_rows}")
+        for captions in split_captions(pairs_path):
+            for start in range(0, len(captions), batch_size):
+                encoded, cut = encode_captions(tokenizer, captions[start:start + batch_size], context_length,
+                                               batch_size)
+                f.write(encoded.tobytes())
+                rows, truncated = rows + len(encoded), truncated + cut
+    if rows != expected:
+        raise ValueError(f"{pairs_path}: {rows} captions read, the file's metadata says {expected}")
     return rows, truncated
 
 
