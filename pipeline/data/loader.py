@@ -21,8 +21,9 @@ sample can be replaced without changing the batch) and are normalised on the tra
 (`Batch.images`): a quarter of float32's bytes to copy, and the arithmetic on the GPU when there is one.
 Shards made with data.shard.resize_at: load hold the downloaded files; `decode_sample` makes them
 square in those workers (pipeline/data/preprocess.py's prepare_image, as inference does).
-A worker stacks its chunks into shared-memory blocks it reuses (SharedRing) and the main process
-copies them into the micro-batch; only a sample's image and tokens.npy members are read.
+A worker stacks its chunks into shared-memory blocks the main process allocated for it (SharedRing),
+sends a block's number, and the main process copies the chunks into the micro-batch, channels-last as
+the decoder lays the pixels out (`join`); only a sample's image and tokens.npy members are read.
 Fine-tuning may augment them (pipeline/data/preprocess.py's Augment); each sample's draws are seeded
 by (seed, epoch, stream, position), so a resumed epoch replays them.
 
@@ -33,7 +34,6 @@ of processes or workers.
 
 from __future__ import annotations
 
-import collections
 import functools
 import io
 import itertools
@@ -61,7 +61,7 @@ class CorruptSample(ValueError):
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor  # (B, 3, H, W) uint8, as stored in the shards (after any augmentation)
+    pixels: torch.Tensor  # (B, 3, H, W) uint8 laid out channels-last (join), as stored (after any augmentation)
     text: torch.Tensor  # (B, L) int64: tokens[:, :-1] (last input token is CLS)
     targets: torch.Tensor  # (B, L) int64: tokens[:, 1:]
 
@@ -241,12 +241,18 @@ def plan_epoch(manifest: Manifest, seed: int, epoch: int, streams: int) -> list[
 
 
 def join(tensors: list[torch.Tensor], stacked: bool) -> torch.Tensor:
-    """torch.stack (stacked) or torch.cat of CPU tensors as one single-threaded copy (numpy's). A
-    torch copy this large is split over torch's OpenMP threads, which busy-wait for each other when
-    the cores are also running DataLoader workers or other processes: measured on 2 shared cores,
-    the in-process loader then spent 1.8 ms of CPU per image instead of 0.3 ms."""
-    arrays = [t.numpy() for t in tensors]
-    return torch.from_numpy(np.stack(arrays) if stacked else np.concatenate(arrays))
+    """torch.stack (stacked) or torch.cat of CPU images (3, H, W) or batches (B, 3, H, W) into a batch
+    laid out channels-last, as one single-threaded copy (numpy's).
+
+    Channels-last because decoders lay images out that way: torchvision's (3, H, W) image is a view of
+    its (H, W, 3) pixels, and so is a resize's output, so the copy is a plain memcpy (4 us for an image
+    of 288 px) rather than a transposition (36 us); `normalize` makes the model's float input
+    contiguous. Numpy's copy rather than torch's: a torch copy this large is split over torch's OpenMP
+    threads, which busy-wait for each other when the cores are also running DataLoader workers or
+    other processes (measured on 2 shared cores: the in-process loader then spent 1.8 ms of CPU per
+    image instead of 0.3 ms)."""
+    arrays = [t.movedim(-3, -1).numpy() for t in tensors]
+    return torch.from_numpy(np.stack(arrays) if stacked else np.concatenate(arrays)).movedim(-1, -3)
 
 
 PREFETCH_FACTOR = 2  # chunks each DataLoader worker may have ready or in flight (PyTorch's default)
@@ -260,29 +266,32 @@ def as_sent(chunk: dict) -> dict:
 
 
 class SharedRing:
-    """A DataLoader worker's reusable shared-memory buffers for the chunks it sends.
+    """A DataLoader worker's reusable shared-memory blocks for the chunks it sends.
 
-    Sending a tensor from a worker needs it in shared memory. A fresh shared-memory block per chunk
-    (what PyTorch's default_collate allocates) costs about 5 ms for 32 images of 288 px, more than
-    decoding them, nearly all of it the kernel's page faults on new /dev/shm pages. A worker
-    therefore stacks into a ring of blocks it reuses; the main process copies every chunk out (into
-    the micro-batch) before it can be overwritten. That is safe because the DataLoader delivers
-    chunks in order and sends a worker its next request only as it hands out that worker's earlier
-    chunk: when a worker writes a chunk, at most PREFETCH_FACTOR of its earlier chunks are in flight
-    and at most `chunks_per_step` are waiting, uncopied, for the rest of their micro-batch, so
-    PREFETCH_FACTOR + chunks_per_step + 1 blocks are never written while still in use."""
+    Sending a tensor from a worker needs it in shared memory, and each send costs: a fresh block per
+    chunk (what PyTorch's default_collate allocates) about 5 ms for 32 images of 288 px, more than
+    decoding them (nearly all of it the kernel's page faults on new /dev/shm pages); even a block sent
+    again passes its file descriptor through a socket to the worker's resource-sharer thread every
+    time. So the main process allocates each worker's ring before the workers start (they inherit it
+    with the dataset), a worker stacks a chunk into its next block and sends only the block's number,
+    and the main process copies every chunk out (into the micro-batch) before it can be overwritten.
+    That is safe because the DataLoader delivers chunks in order and sends a worker its next request
+    only as it hands out that worker's earlier chunk: when a worker writes a chunk, at most
+    PREFETCH_FACTOR of its earlier chunks are in flight and at most `chunks_per_step` are waiting,
+    uncopied, for the rest of their micro-batch, so PREFETCH_FACTOR + chunks_per_step + 1 blocks are
+    never written while still in use."""
 
-    def __init__(self, chunks_per_step: int):
-        self.size = PREFETCH_FACTOR + chunks_per_step + 1
-        self.blocks: list[torch.Tensor] = []  # every chunk has the same shape: lo.chunk images
-        self.turn = 0
+    def __init__(self, chunks_per_step: int, chunk_shape: tuple[int, ...]):
+        size = PREFETCH_FACTOR + chunks_per_step + 1
+        self.blocks = [torch.empty(chunk_shape, dtype=torch.uint8, memory_format=torch.channels_last).share_memory_()
+                       for _ in range(size)]  # (channels-last, as `join` says why)
+        self.turn = 0  # (each worker advances its own copy)
 
-    def stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """torch.stack into the next block (allocated on its first use)."""
-        slot, self.turn = self.turn % self.size, self.turn + 1
-        if slot == len(self.blocks):
-            self.blocks.append(torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype).share_memory_())
-        return torch.stack(tensors, out=self.blocks[slot])
+    def stack(self, tensors: list[torch.Tensor]) -> int:
+        """torch.stack into the next block; -> the block's number."""
+        slot, self.turn = self.turn % len(self.blocks), self.turn + 1
+        torch.stack(tensors, out=self.blocks[slot])
+        return slot
 
 
 def augment_seed(seed: int, epoch: int, stream: int, position: int) -> int:
@@ -294,9 +303,10 @@ class _TrainChunks(IterableDataset):
     """Yields, for micro-batches k = start..end-1 and each stream of this worker, a chunk of samples."""
 
     def __init__(self, loader: "TrainLoader", epoch: int, start: int, end: int,
-                 positions: dict[int, int], corrupt: dict[int, int]):
+                 positions: dict[int, int], corrupt: dict[int, int], rings: list[SharedRing]):
         self.loader, self.epoch, self.start, self.end = loader, epoch, start, end
         self.positions, self.corrupt = positions, corrupt
+        self.rings = rings  # one per DataLoader worker (none in the main process)
 
     def _items(self, s: int, plan: StreamPlan) -> Iterator[dict]:
         """The stream's shuffled raw samples, started over as often as needed (padding)."""
@@ -333,7 +343,7 @@ class _TrainChunks(IterableDataset):
             items[s] = self._items(s, plans[s])
             for _ in range(pos[s]):  # resume: replay the shuffle without decoding
                 next(items[s])
-        ring = SharedRing(len(mine)) if info else None  # in the main process: nothing to send
+        ring = self.rings[worker] if info else None  # in the main process: nothing to send
         for k in range(self.start, self.end):
             for s in mine:
                 images, tokens, failures = [], [], 0
@@ -358,7 +368,8 @@ class _TrainChunks(IterableDataset):
                     images, tokens = join(images, stacked=True), torch.stack(tokens)
                 else:  # (tokens are small: pickled with the message, no shared-memory handle to pass)
                     images, tokens = ring.stack(images), torch.stack(tokens).numpy()
-                yield {"k": k, "s": s, "images": images, "tokens": tokens, "pos": pos[s], "corrupt": bad[s]}
+                yield {"k": k, "s": s, "worker": worker, "images": images, "tokens": tokens, "pos": pos[s],
+                       "corrupt": bad[s]}
 
 
 class TrainLoader:
@@ -444,19 +455,17 @@ class TrainLoader:
         end = self.steps_in_epoch(epoch) * self.grad_accum_steps
         if self.micro >= end:
             return
-        dataset = _TrainChunks(self, epoch, self.micro, end, dict(self.positions), dict(self.corrupt))
+        per_batch = len(self.rank_streams)
+        size = self.manifest.image_size
+        rings = [SharedRing(per_batch // self.num_workers, (self.chunk, 3, size, size)) for _ in range(self.num_workers)]
+        dataset = _TrainChunks(self, epoch, self.micro, end, dict(self.positions), dict(self.corrupt), rings)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=as_sent,
                             prefetch_factor=PREFETCH_FACTOR if self.num_workers else None,
                             generator=torch.Generator().manual_seed(self.seed))
         pending: dict[int, dict[int, dict]] = {}
-        per_batch = len(self.rank_streams)
-        # The workers' ring blocks, as received: while a block's storage is alive here, torch finds it
-        # in its shared-storage cache when the worker sends the block again, instead of mapping the
-        # block anew (an mmap and a page fault per 4 kB page: ~1 ms per 32 images of 288 px).
-        mapped = collections.deque(maxlen=max(1, self.num_workers) * (PREFETCH_FACTOR + per_batch + 1))
         for item in loader:
-            if self.num_workers:
-                mapped.append(item["images"])
+            if self.num_workers:  # a worker's chunk: the number of its ring block
+                item["images"] = rings[item["worker"]].blocks[item["images"]]
             pending.setdefault(item["k"], {})[item["s"]] = item
             while len(pending.get(self.micro, ())) == per_batch:
                 ready = pending.pop(self.micro)

@@ -122,6 +122,9 @@ class Augment:
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 in [0, 1] -> ImageNet mean/std normalised, on the images' device.
-    (Divided by 255 rather than F.to_dtype's multiply by 1/255: bit-identical to the first version.)"""
-    return F.normalize(images.float() / 255.0, IMAGENET_MEAN, IMAGENET_STD)
+    """uint8 (B, 3, H, W) -> float32 in [0, 1] -> ImageNet mean/std normalised, on the images' device,
+    contiguous whatever the images' layout (the loaders' batches are channels-last: the conversion
+    transposes them as it reads them). (Divided by 255 rather than F.to_dtype's multiply by 1/255:
+    bit-identical to the first version.)"""
+    return F.normalize(images.to(torch.float32, memory_format=torch.contiguous_format) / 255.0,
+                       IMAGENET_MEAN, IMAGENET_STD)
