@@ -2,6 +2,7 @@
 per second, the loader beside raw decoding of the same shard files.
 
     python benchmarks/data_throughput.py [--captions 50000] [--images 2000] [--image-size 288]
+                                         [--resize-at shard|load]
 
 Tokenization uses the demo's trained Unigram tokenizer (T5-base itself cannot be downloaded here;
 both are `tokenizers` Unigram models behind the same fast-tokenizer API). Sharding decodes JPEGs of
@@ -9,7 +10,9 @@ varied sizes from an img2dataset-style tar, resizes them to a square (bilinear),
 writes shards, as the shard stage does, with 1 and with 2 worker processes.
 
 Loading reads those shards back: "raw decode" is the floor of any loader (read each tar, decode each
-JPEG with the same torchvision decoder, nothing else); "TrainLoader" is the training loader (tar
+JPEG with the same torchvision decoder, nothing else; with --resize-at load, where the shards hold the
+downloaded images and the loader makes the squares, also `prepare_image` to the square, as the
+loader does); "TrainLoader" is the training loader (tar
 reading through webdataset, shuffle buffer, token checks, batching), in the same process and with 2
 DataLoader workers, against raw decoding in the same process and in 2 processes. Rounds alternate
 between the two so that both see the same machine load; the best of 3 rounds is reported. Beside
@@ -24,8 +27,9 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's threads must not meet fork()
 
 import argparse
-import io
 import dataclasses
+import functools
+import io
 import random
 import resource
 import tarfile
@@ -38,8 +42,8 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pipeline.config import build_config
-from pipeline.data.loader import TrainLoader
-from pipeline.data.preprocess import decode_image
+from pipeline.data.loader import Manifest, TrainLoader
+from pipeline.data.preprocess import decode_image, prepare_image
 from pipeline.data.shard import one_torch_thread, shard_split
 from pipeline.data.tokenizer import build_tokenizer, encode_captions
 
@@ -80,7 +84,8 @@ def bench_tokenize(n: int, context_length: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def bench_shard(n: int, image_size: int, workers: int, root: Path, textured: bool = False) -> float:
+def bench_shard(n: int, image_size: int, workers: int, root: Path, textured: bool = False,
+                resize_at: str = "shard") -> float:
     rng = random.Random(1)
     download = root / "download"
     (download / "main").mkdir(parents=True, exist_ok=True)
@@ -99,20 +104,22 @@ def bench_shard(n: int, image_size: int, workers: int, root: Path, textured: boo
     np.save(root / "tokens.npy", np.zeros((len(pairs), 65), dtype=np.int32))
     start = time.perf_counter()
     cfg = dataclasses.replace(build_config({"preset": "paper"}).data.shard, image_size=image_size,
-                              samples_per_shard=1000, workers=workers,
-                              resize_at="shard")  # what this measures (the paper preset's is load: data_scale.py)
+                              samples_per_shard=1000, workers=workers, resize_at=resize_at)
     manifest = shard_split("bench", "train", root / "pairs.parquet", root / "tokens.npy", download, root / f"out{workers}", cfg)
     assert manifest["samples"] == len(pairs)
     return len(pairs) / (time.perf_counter() - start)
 
 
-def decode_tar(path: Path) -> int:
-    """Raw decoding: every JPEG of one shard file, nothing else."""
+def decode_tar(path: Path, square: tuple[int, str] | None = None) -> int:
+    """Raw decoding: every JPEG of one shard file, nothing else; with `square` (image size, resize
+    mode), each also made square as the loader does for shards made with resize_at load."""
     count = 0
     with tarfile.open(path) as tar:
         for member in tar:
             if member.name.endswith(".jpg"):
-                decode_image(tar.extractfile(member).read())
+                pixels = decode_image(tar.extractfile(member).read())
+                if square is not None:
+                    prepare_image(pixels, *square)
                 count += 1
     return count
 
@@ -130,13 +137,15 @@ def timed(run) -> tuple[float, float]:
     return count / (time.perf_counter() - start), (cpu_seconds() - cpu) * 1e6 / count
 
 
-def bench_raw_decode(shards: list[Path], processes: int) -> tuple[float, float]:
+def bench_raw_decode(shards: list[Path], processes: int, square: tuple[int, str] | None = None) -> tuple[float, float]:
+    decode = functools.partial(decode_tar, square=square)
+
     def run() -> int:
         if processes == 1:
-            return sum(decode_tar(p) for p in shards)
+            return sum(decode(p) for p in shards)
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(processes, initializer=one_torch_thread) as pool:
-            return sum(pool.map(decode_tar, shards))
+            return sum(pool.map(decode, shards))
     return timed(run)
 
 
@@ -150,8 +159,10 @@ def bench_loading(shard_dir: Path, kind: str, rounds: int = 3) -> list[tuple[str
     """Best of `rounds` alternating rounds: the highest images/s and, separately, the fewest CPU
     microseconds per image (the CPU column does not depend on what else the machine runs)."""
     shards = sorted(shard_dir.glob("shard-*.tar"))
-    pairs = [("raw decode", 1, lambda: bench_raw_decode(shards, 1)), ("TrainLoader", 1, lambda: bench_loader(shard_dir, 0)),
-             ("raw decode", 2, lambda: bench_raw_decode(shards, 2)), ("TrainLoader", 2, lambda: bench_loader(shard_dir, 2))]
+    manifest = Manifest.load(shard_dir)
+    square = (manifest.image_size, manifest.resize_mode) if manifest.resize_at == "load" else None
+    pairs = [("raw decode", 1, lambda: bench_raw_decode(shards, 1, square)), ("TrainLoader", 1, lambda: bench_loader(shard_dir, 0)),
+             ("raw decode", 2, lambda: bench_raw_decode(shards, 2, square)), ("TrainLoader", 2, lambda: bench_loader(shard_dir, 2))]
     rate = {(name, n): 0.0 for name, n, _ in pairs}
     cpu = {(name, n): float("inf") for name, n, _ in pairs}
     for _ in range(rounds):
@@ -176,14 +187,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--image-size", type=int, default=288)
     parser.add_argument("--context-length", type=int, default=64)
+    parser.add_argument("--resize-at", choices=["shard", "load"], default="shard",
+                        help="data.shard.resize_at of the shards (load: the paper preset's; they keep the "
+                             "downloads, and the loader and raw decoding make the squares)")
     args = parser.parse_args()
 
     rows = [("captions tokenized / s", f"context {args.context_length}", bench_tokenize(args.captions, args.context_length))]
     for kind in ("flat", "textured"):
         with tempfile.TemporaryDirectory() as tmp:
             for workers in (1, 2):
-                rate = bench_shard(args.images, args.image_size, workers, Path(tmp), kind == "textured")
-                rows.append((f"{kind}: images sharded / s", f"{args.image_size}px, {workers} worker(s)", rate))
+                rate = bench_shard(args.images, args.image_size, workers, Path(tmp), kind == "textured", args.resize_at)
+                rows.append((f"{kind}: images sharded / s", f"{args.image_size}px, {workers} worker(s), {args.resize_at}", rate))
             rows += bench_loading(Path(tmp) / "out2", kind)
     print(f"{'measure':<32}{'setting':<30}{'rate':>12}")
     for name, setting, rate in rows:
