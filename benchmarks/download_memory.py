@@ -31,7 +31,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peak_rss import print_table, run_measured  # noqa: E402
+from benchmarks.peak_rss import add_comparison_arguments, print_table, run_measured, work_folder  # noqa: E402
 from benchmarks.split_memory import fabricate  # noqa: E402
 from pipeline.data import download as dl  # noqa: E402
 
@@ -84,16 +83,12 @@ def run_download(checkout: Path, params: Path, download: Path, work: Path, label
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 3_000_000])
-    parser.add_argument("--base", type=Path, help="another checkout whose stages/download.py to compare")
-    parser.add_argument("--base-rows", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--work", type=Path, help="folder for the fabricated downloads (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the fabricated downloads")
+    add_comparison_arguments(parser, "rows", [100_000, 1_000_000, 3_000_000], [100_000, 1_000_000],
+                             "stages/download.py", "downloads")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="download-memory-", dir=args.work))
     results = []
-    try:
+    with work_folder("download-memory-", args.work, args.keep) as work:
         for n in args.rows:
             download, tsv = work / f"download-{n}", work / f"cc12m-{n}.tsv"
             start = time.perf_counter()
@@ -118,9 +113,6 @@ def main() -> None:
             if not args.keep:
                 shutil.rmtree(download)
                 tsv.unlink()
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
     print_table(results, "rows")
 

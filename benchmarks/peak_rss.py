@@ -9,10 +9,15 @@ own address space's peak since exec) to a file.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Runs a script as __main__ and, as its interpreter exits, writes the process's peak RSS (VmHWM, kB)
@@ -57,3 +62,26 @@ def print_table(results: list[dict], size: str) -> None:
     for r in results:
         print(f"| {r[size]:,} | {r['code']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
               f"{r['cpu_s'] / r[size] * 1e6:.1f} | {r['rss_mb']:.0f} |")
+
+
+def add_comparison_arguments(parser: argparse.ArgumentParser, size: str, sizes: list[int], base_sizes: list[int],
+                             stage: str, inputs: str) -> None:
+    """The options of every stage memory benchmark: the sizes to run (--rows, --pairs), another
+    checkout to run beside this one (--base) at some of them (--base-rows, --base-pairs), where to
+    fabricate the inputs (--work) and whether to keep them (--keep)."""
+    parser.add_argument(f"--{size}", type=int, nargs="+", default=sizes)
+    parser.add_argument("--base", type=Path, help=f"another checkout whose {stage} to compare")
+    parser.add_argument(f"--base-{size}", type=int, nargs="+", default=base_sizes)
+    parser.add_argument("--work", type=Path, help=f"folder for the fabricated {inputs} (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help=f"keep the fabricated {inputs} and the outputs")
+
+
+@contextlib.contextmanager
+def work_folder(prefix: str, parent: Path | None, keep: bool) -> Iterator[Path]:
+    """A new folder under `parent` (None: the system's temporary one), removed at the end unless `keep`."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield work
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,6 @@ import io
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peak_rss import print_table, run_measured  # noqa: E402
+from benchmarks.peak_rss import add_comparison_arguments, print_table, run_measured, work_folder  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
 from pipeline.data.split import CHUNK_ROWS, PAIR_COLUMNS, SPLITS  # noqa: E402
 
@@ -159,19 +158,15 @@ def output_md5s(out: Path) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, nargs="+", default=[20_000, 200_000, 1_000_000])
-    parser.add_argument("--base", type=Path, help="another checkout whose stages/shard.py to compare")
-    parser.add_argument("--base-pairs", type=int, nargs="+", default=[20_000, 200_000])
+    add_comparison_arguments(parser, "pairs", [20_000, 200_000, 1_000_000], [20_000, 200_000],
+                             "stages/shard.py", "inputs")
     parser.add_argument("--workers", type=int, default=2, help="data.shard.workers")
-    parser.add_argument("--work", type=Path, help="folder for the fabricated inputs (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the fabricated inputs and shards")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="shard-memory-", dir=args.work))
-    params = work / "params.yaml"
-    write_params(params, args.workers)
     results = []
-    try:
+    with work_folder("shard-memory-", args.work, args.keep) as work:
+        params = work / "params.yaml"
+        write_params(params, args.workers)
         for n in args.pairs:
             inputs = work / f"inputs-{n}"
             start = time.perf_counter()
@@ -200,9 +195,6 @@ def main() -> None:
                 shutil.rmtree(inputs)
                 for out in outs.values():
                     shutil.rmtree(out)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
     print_table(results, "pairs")
 

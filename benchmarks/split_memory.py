@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peak_rss import run_measured  # noqa: E402
+from benchmarks.peak_rss import add_comparison_arguments, run_measured, work_folder  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import download as dl  # noqa: E402
 from pipeline.data.split import SPLITS  # noqa: E402
@@ -186,17 +185,13 @@ def same_pairs(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 3_000_000])
-    parser.add_argument("--base", type=Path, help="another checkout whose stages/split.py to compare")
-    parser.add_argument("--base-rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    add_comparison_arguments(parser, "rows", [100_000, 1_000_000, 3_000_000], [100_000, 1_000_000],
+                             "stages/split.py", "downloads")
     parser.add_argument("--pools", nargs="+", default=["default"], help="ARROW_DEFAULT_MEMORY_POOL values")
-    parser.add_argument("--work", type=Path, help="folder for the fabricated downloads (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the fabricated downloads and splits")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="split-memory-", dir=args.work))
     results = []
-    try:
+    with work_folder("split-memory-", args.work, args.keep) as work:
         for n in args.rows:
             download = work / f"download-{n}"
             start = time.perf_counter()
@@ -224,9 +219,6 @@ def main() -> None:
                 shutil.rmtree(download)
                 for out, _ in outs.values():
                     shutil.rmtree(out)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
     print("\n| rows | code | ARROW_DEFAULT_MEMORY_POOL | wall s | CPU s | CPU s per 1M rows | peak RSS MB |")
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
