@@ -104,6 +104,60 @@ def test_unreadable_tar_is_skipped_and_counted(tmp_path):
     assert lo.corrupt_total >= 40 - n
 
 
+def _file(name: str, data: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info
+
+
+def _directory(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_shards_are_read_as_webdatasets_own_reader_reads_them(tmp_path):
+    """read_shards' own member reader (tarfile's random-access mode) yields exactly the samples that
+    webdataset's tar_file_expander + group_by_keys yield, selected members, a truncated tar, a tar
+    whose member is cut short and a missing file included."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    from pipeline.data.loader import TRAINING_MEMBERS, read_shards
+
+    write_split(tmp_path / "w", "cc12m", "train", 40, samples_per_shard=10, corrupt=(3,))
+    shards = sorted((tmp_path / "w").glob("shard-*.tar"))
+    shards[1].write_bytes(shards[1].read_bytes()[:3000])  # cut in a member's data
+    shards[2].write_bytes(shards[2].read_bytes()[:-1024])  # its end-of-archive zeros lost
+    again = tmp_path / "w/again.tar"  # a directory, a __meta__ member, and the last sample's key again
+    with tarfile.open(shards[3]) as source, tarfile.open(again, "w") as tar:
+        last = source.getmembers()[-4:]
+        tar.addfile(_directory("folder"))
+        tar.addfile(_file("__meta__/info.json", b"{}"), io.BytesIO(b"{}"))
+        for member in last:
+            tar.addfile(member, source.extractfile(member))
+    paths = [*shards, again, tmp_path / "w/missing.tar"]
+
+    def webdatasets(select):
+        def opened():
+            for path in paths:
+                if path.exists():
+                    with open(path, "rb") as stream:
+                        yield {"url": str(path), "stream": stream}
+        skip = lambda exn: True
+        return list(group_by_keys(tar_file_expander(opened(), handler=skip, select_files=select), handler=skip))
+
+    for members in (None, TRAINING_MEMBERS):
+        wanted = None if members is None else tuple(f".{ext}" for ext in members)
+        expected = webdatasets(None if wanted is None else (lambda name: name.endswith(wanted)))
+        errors = [0]
+        got = list(read_shards(paths, errors, members=members))
+        assert got == expected and errors[0] >= 2  # (the cut tar and the missing file at least)
+        per_tar = [sum(s["__url__"] == str(path) for s in got) for path in shards]
+        assert per_tar[0] == per_tar[3] == 10 and per_tar[1] < 10  # (the cut member and all after it lost)
+        assert set(got[0]) == ({"__key__", "__url__", "jpg", "tokens.npy"} if members else
+                               {"__key__", "__url__", "jpg", "tokens.npy", "txt", "json"})
+
+
 @pytest.mark.parametrize("streams, workers", [(1, 1), (4, 2)])
 def test_worker_buffers_are_never_overwritten_while_in_use(split, streams, workers):
     """Workers stack into a ring of reused shared-memory blocks: batches a slow consumer keeps are
