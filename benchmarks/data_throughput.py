@@ -13,7 +13,7 @@ Loading reads those shards back: "raw decode" is the floor of any loader (read e
 JPEG with the same torchvision decoder, nothing else; with --resize-at load, where the shards hold the
 downloaded images and the loader makes the squares, also `prepare_image` to the square, as the
 loader does); "TrainLoader" is the training loader (tar
-reading through webdataset, shuffle buffer, token checks, batching), in the same process and with 2
+members read with tarfile and grouped into samples by webdataset, shuffle buffer, token checks, batching), in the same process and with 2
 DataLoader workers, against raw decoding in the same process and in 2 processes. Rounds alternate
 between the two so that both see the same machine load; the best of 3 rounds is reported. Beside
 images/s, each is measured in CPU microseconds per image over all its processes (rusage of this
