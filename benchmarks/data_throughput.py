@@ -12,8 +12,8 @@ writes shards, as the shard stage does, with 1 and with 2 worker processes.
 Loading reads those shards back: "raw decode" is the floor of any loader (read each tar, decode each
 JPEG with the same torchvision decoder, nothing else; with --resize-at load, where the shards hold the
 downloaded images and the loader makes the squares, also `prepare_image` to the square, as the
-loader does); "TrainLoader" is the training loader (tar
-members read with tarfile and grouped into samples by webdataset, shuffle buffer, token checks, batching), in the same process and with 2
+loader does); "TrainLoader" is the training loader (tar members read with tarfile and grouped into
+samples by webdataset, shuffle buffer, token checks, batching), in the same process and with 2
 DataLoader workers, against raw decoding in the same process and in 2 processes. Rounds alternate
 between the two so that both see the same machine load; the best of 3 rounds is reported. Beside
 images/s, each is measured in CPU microseconds per image over all its processes (rusage of this
