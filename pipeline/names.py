@@ -28,6 +28,9 @@ PHASES = ("pretrain", "finetune")
 RESIZE_AT = ("shard", "load")
 # A shard sample's image member: jpg, or with resize_at load the downloaded file's own format.
 IMAGE_FIELDS = ("jpg", "png", "webp")
+# train.decode_on: where training images are decoded, in the DataLoader's workers on the CPU, or together
+# per micro-batch on the training device (nvJPEG on a GPU); pipeline/data/loader.py.
+DECODE_ON = ("workers", "device")
 
 # The MLflow experiment every stage logs to.
 EXPERIMENT = "grr-coca"

@@ -106,6 +106,7 @@ BAD_VALUES = [
     ("train.micro_batch_size", 0, "an integer >= 1"),
     ("train.grad_clip", 0.0, "a finite number > 0"),
     ("train.betas", [0.9], "two numbers in [0, 1)"),
+    ("train.decode_on", "gpu", "workers, device"),
     ("pretrain.lr_min", 0.5, "a finite number > 0 and <= 0.001"),
     ("pretrain.dropout", 1.5, "a finite number >= 0 and < 1"),
     ("finetune.lr_divisor", 1.0, "a finite number > 1"),

@@ -21,6 +21,11 @@ sample can be replaced without changing the batch) and are normalised on the tra
 (`Batch.images`): a quarter of float32's bytes to copy, and the arithmetic on the GPU when there is one.
 Shards made with data.shard.resize_at: load hold the downloaded files; `decode_sample` makes them
 square in those workers (pipeline/data/preprocess.py's prepare_image, as inference does).
+With train.decode_on: device the workers only read and check (tokens, an image member present) and
+send the encoded images; the training process decodes each micro-batch's images together on its
+device (preprocess.decode_images: nvJPEG on a GPU, batched; libjpeg-turbo on the CPU, the same
+pixels as the workers' decode) and makes them square and augments them there. An image the device
+cannot decode is counted as corrupt and its row repeats a neighbour (`_decode_on_device` says why).
 A worker stacks its chunks into shared-memory blocks the main process allocated for it (SharedRing),
 sends a block's number, and the main process copies the chunks into the micro-batch, channels-last as
 the decoder lays the pixels out (`join`); only a sample's image and tokens.npy members are read.
@@ -53,8 +58,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
-from pipeline.data.preprocess import Augment, decode_image, normalize, prepare_image
-from pipeline.names import IMAGE_FIELDS, RESIZE_AT
+from pipeline.data.preprocess import Augment, decode_image, decode_images, normalize, prepare_image
+from pipeline.names import DECODE_ON, IMAGE_FIELDS, RESIZE_AT
 
 
 class CorruptSample(ValueError):
@@ -63,7 +68,9 @@ class CorruptSample(ValueError):
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor  # (B, 3, H, W) uint8 laid out channels-last (join), as stored (after any augmentation)
+    # (B, 3, H, W) uint8 as stored (after any augmentation): laid out channels-last (join), or contiguous
+    # on the training device when decoded there (train.decode_on device)
+    pixels: torch.Tensor
     text: torch.Tensor  # (B, L) int64: tokens[:, :-1] (last input token is CLS)
     targets: torch.Tensor  # (B, L) int64: tokens[:, 1:]
 
@@ -125,30 +132,64 @@ class Manifest:
 # ----------------------------------------------------------------------------- samples
 
 
-def decode_sample(sample: dict, manifest: Manifest,
-                  vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (image uint8 (3, S, S), tokens int64 (context_length + 1,)); CorruptSample if unusable,
-    token ids outside [0, vocab_size) included (they would crash the embedding). The image is the
-    stored square (resize_at shard), or the stored download made square here (load)."""
-    image_size, context_length = manifest.image_size, manifest.context_length
+def image_member(sample: dict) -> bytes:
+    """A sample's encoded image (its first IMAGE_FIELDS member); CorruptSample if it has none."""
+    field = next((f for f in IMAGE_FIELDS if f in sample), None)
+    if field is None:
+        raise CorruptSample(f"no image member ({', '.join(IMAGE_FIELDS)})")
+    return sample[field]
+
+
+def square_image(pixels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
+    """A decoded image as the model takes it: the stored square (resize_at shard; CorruptSample if it
+    is not image_size a side), or the stored download made square here (load), on its own device."""
+    size = manifest.image_size
+    if manifest.resize_at == "load":
+        return prepare_image(pixels, size, manifest.resize_mode)
+    if pixels.shape[1:] != (size, size):
+        raise CorruptSample(f"image is {pixels.shape[2]}x{pixels.shape[1]}, expected {size}x{size}")
+    return pixels
+
+
+def sample_tokens(sample: dict, context_length: int, vocab_size: int | None = None) -> torch.Tensor:
+    """A sample's token ids, int64 (context_length + 1,); CorruptSample if unusable, ids outside
+    [0, vocab_size) included (they would crash the embedding)."""
     try:
-        field = next((f for f in IMAGE_FIELDS if f in sample), "jpg")  # (none: a KeyError below)
-        pixels = decode_image(sample[field])
-        if manifest.resize_at == "load":
-            pixels = prepare_image(pixels, image_size, manifest.resize_mode)
-        elif pixels.shape[1:] != (image_size, image_size):
-            raise CorruptSample(f"image is {pixels.shape[2]}x{pixels.shape[1]}, expected {image_size}x{image_size}")
         tokens = parse_tokens(sample["tokens.npy"], context_length)
-    except CorruptSample:
-        raise
-    except Exception as e:  # noqa: BLE001 - a missing member or any decoder failure: skip and count
-        raise CorruptSample(f"{type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a missing member or a bad array: skip and count
+        raise CorruptSample(f"tokens.npy: {type(e).__name__}: {e}") from None
     if tokens.shape != (context_length + 1,) or tokens.dtype.kind not in "iu":
         raise CorruptSample(f"tokens have shape {tokens.shape} and dtype {tokens.dtype}, "
                             f"expected ({context_length + 1},) integers")
     if vocab_size is not None and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise CorruptSample(f"token ids in [{tokens.min()}, {tokens.max()}], outside the vocabulary [0, {vocab_size})")
-    return pixels, torch.from_numpy(tokens.astype(np.int64))
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+def decode_sample(sample: dict, manifest: Manifest,
+                  vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (image uint8 (3, S, S), tokens int64 (context_length + 1,)), decoded on the CPU;
+    CorruptSample if either is unusable."""
+    data = image_member(sample)
+    try:
+        pixels = square_image(decode_image(data), manifest)
+    except CorruptSample:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure: skip and count
+        raise CorruptSample(f"{type(e).__name__}: {e}") from None
+    return pixels, sample_tokens(sample, manifest.context_length, vocab_size)
+
+
+def decode_on_device(encoded: list[bytes], manifest: Manifest, device: torch.device) -> list[torch.Tensor | None]:
+    """Encoded images -> the model's squares (square_image) on `device`, decoded there together
+    (preprocess.decode_images); None for one that cannot be decoded or is no valid square."""
+    squares: list[torch.Tensor | None] = []
+    for pixels in decode_images(encoded, device):
+        try:
+            squares.append(None if pixels is None else square_image(pixels, manifest))
+        except CorruptSample:
+            squares.append(None)
+    return squares
 
 
 @functools.cache
@@ -362,33 +403,42 @@ class _TrainChunks(IterableDataset):
             items[s] = self._items(s, plans[s])
             for _ in range(pos[s]):  # resume: replay the shuffle without decoding
                 next(items[s])
-        ring = self.rings[worker] if info else None  # in the main process: nothing to send
+        on_device = lo.decode_on == "device"  # then a chunk carries the encoded images and their seeds
+        ring = self.rings[worker] if info and not on_device else None  # in the main process: nothing to send
         for k in range(self.start, self.end):
             for s in mine:
-                images, tokens, failures = [], [], 0
+                images, tokens, seeds, names, failures = [], [], [], [], 0
                 while len(images) < lo.chunk:
                     item = next(items[s])
                     pos[s] += 1
                     try:
                         if item is None:
                             raise CorruptSample("unreadable tar member")
-                        image, tok = decode_sample(item, lo.manifest, lo.vocab_size)
+                        if on_device:
+                            image, tok = image_member(item), sample_tokens(item, lo.manifest.context_length,
+                                                                           lo.vocab_size)
+                        else:
+                            image, tok = decode_sample(item, lo.manifest, lo.vocab_size)
                     except CorruptSample:
                         bad[s] += 1
                         failures += 1
                         if failures > max(1000, plans[s].length):
                             raise RuntimeError(f"{lo.manifest.root}: stream {s}: no decodable sample") from None
                         continue
-                    if lo.augment.active:
-                        image = lo.augment(image, augment_seed(lo.seed, self.epoch, s, pos[s]))
+                    seed = augment_seed(lo.seed, self.epoch, s, pos[s]) if lo.augment.active else 0
+                    if on_device:
+                        seeds.append(seed)
+                        names.append(f"{item['__url__']}: {item['__key__']}")
+                    elif lo.augment.active:
+                        image = lo.augment(image, seed)
                     images.append(image)
                     tokens.append(tok)
-                if ring is None:
-                    images, tokens = join(images, stacked=True), torch.stack(tokens)
-                else:  # (tokens are small: pickled with the message, no shared-memory handle to pass)
-                    images, tokens = ring.stack(images), torch.stack(tokens).numpy()
+                # (tokens are small: from a worker, pickled with the message, no shared-memory handle to pass)
+                tokens = torch.stack(tokens).numpy() if info else torch.stack(tokens)
+                if not on_device:
+                    images = join(images, stacked=True) if ring is None else ring.stack(images)
                 yield {"k": k, "s": s, "worker": worker, "images": images, "tokens": tokens, "pos": pos[s],
-                       "corrupt": bad[s]}
+                       "corrupt": bad[s], "seeds": seeds, "names": names}
 
 
 class TrainLoader:
@@ -397,9 +447,13 @@ class TrainLoader:
     def __init__(self, shard_dir: str | Path, *, micro_batch_size: int, grad_accum_steps: int,
                  rank: int = 0, world_size: int = 1, streams: int = 0, num_workers: int = 0,
                  shuffle_buffer: int = 1000, seed: int = 0, max_steps_per_epoch: int = 0,
-                 vocab_size: int | None = None, augment: Augment = Augment()):
+                 vocab_size: int | None = None, augment: Augment = Augment(), decode_on: str = "workers",
+                 device: torch.device | str = "cpu"):
         self.manifest = Manifest.load(shard_dir)
         self.rank, self.world_size = rank, world_size
+        if decode_on not in DECODE_ON:
+            raise ValueError(f"train.decode_on = {decode_on!r} is invalid: allowed {', '.join(DECODE_ON)}")
+        self.decode_on, self.device = decode_on, torch.device(device)
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
         self.micro_batch_size, self.grad_accum_steps = micro_batch_size, grad_accum_steps
         self.max_steps_per_epoch = max_steps_per_epoch
@@ -419,17 +473,20 @@ class TrainLoader:
         self.epoch, self.micro = 0, 0
         self.positions: dict[int, int] = {}
         self.corrupt: dict[int, int] = {}
+        self.corrupt_on_device = 0  # images the device could not decode (decode_on device)
         self.vocab_size = vocab_size  # token ids at or above it are corrupt samples (None: not checked)
         self.augment = augment
 
     @classmethod
     def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
-                    world_size: int = 1, augment: Augment = Augment()) -> "TrainLoader":
-        """The loader of a training run (`tcfg` is the `train:` section, `model_cfg` the model's)."""
+                    world_size: int = 1, augment: Augment = Augment(),
+                    device: torch.device | str = "cpu") -> "TrainLoader":
+        """The loader of a training run (`tcfg` is the `train:` section, `model_cfg` the model's) on
+        `device`, where train.decode_on device decodes the images."""
         loader = cls(shard_dir, micro_batch_size=tcfg.micro_batch_size, grad_accum_steps=tcfg.grad_accum_steps,
                      rank=rank, world_size=world_size, streams=tcfg.data_streams, num_workers=tcfg.num_workers,
                      shuffle_buffer=tcfg.shuffle_buffer, seed=tcfg.seed, max_steps_per_epoch=tcfg.max_steps_per_epoch,
-                     vocab_size=model_cfg.vocab_size, augment=augment)
+                     vocab_size=model_cfg.vocab_size, augment=augment, decode_on=tcfg.decode_on, device=device)
         loader.manifest.check_fits(model_cfg)
         return loader
 
@@ -450,13 +507,13 @@ class TrainLoader:
 
     @property
     def corrupt_total(self) -> int:
-        return sum(self.corrupt.values())
+        return sum(self.corrupt.values()) + self.corrupt_on_device
 
     # ---------------------------------------------------------------- position
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "micro": self.micro, "streams": self.streams,
                 "positions": {str(s): p for s, p in self.positions.items()},
-                "corrupt": {str(s): c for s, c in self.corrupt.items()}}
+                "corrupt": {str(s): c for s, c in self.corrupt.items()}, "corrupt_on_device": self.corrupt_on_device}
 
     def load_state_dict(self, state: dict) -> None:
         if state["streams"] != self.streams:
@@ -465,6 +522,7 @@ class TrainLoader:
         self.epoch, self.micro = state["epoch"], state["micro"]
         self.positions = {int(s): p for s, p in state["positions"].items()}
         self.corrupt = {int(s): c for s, c in state["corrupt"].items()}
+        self.corrupt_on_device = state.get("corrupt_on_device", 0)  # (older checkpoints: none)
 
     # ---------------------------------------------------------------- iteration
     def iter_epoch(self, epoch: int) -> Iterator[Batch]:
@@ -476,14 +534,16 @@ class TrainLoader:
             return
         per_batch = len(self.rank_streams)
         size = self.manifest.image_size
-        rings = [SharedRing(per_batch // self.num_workers, (self.chunk, 3, size, size)) for _ in range(self.num_workers)]
+        on_device = self.decode_on == "device"
+        rings = [] if on_device else [SharedRing(per_batch // self.num_workers, (self.chunk, 3, size, size))
+                                      for _ in range(self.num_workers)]
         dataset = _TrainChunks(self, epoch, self.micro, end, dict(self.positions), dict(self.corrupt), rings)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=as_sent,
                             prefetch_factor=PREFETCH_FACTOR if self.num_workers else None,
                             generator=torch.Generator().manual_seed(self.seed))
         pending: dict[int, dict[int, dict]] = {}
         for item in loader:
-            if self.num_workers:  # a worker's chunk: the number of its ring block
+            if rings:  # a worker's chunk: the number of its ring block
                 item["images"] = rings[item["worker"]].blocks[item["images"]]
             pending.setdefault(item["k"], {})[item["s"]] = item
             while len(pending.get(self.micro, ())) == per_batch:
@@ -493,10 +553,40 @@ class TrainLoader:
                     self.positions[c["s"]], self.corrupt[c["s"]] = c["pos"], c["corrupt"]
                 self.micro += 1
                 seq = torch.cat([torch.as_tensor(c["tokens"]) for c in chunks])
-                # (images are copied out even from one chunk: a worker's ring block is reused)
-                images = join([c["images"] for c in chunks], stacked=False) if self.num_workers or len(chunks) > 1 \
-                    else chunks[0]["images"]
+                if on_device:
+                    images, seq = self._decode_on_device(chunks, seq)
+                else:  # (images are copied out even from one chunk: a worker's ring block is reused)
+                    images = join([c["images"] for c in chunks], stacked=False) if rings or len(chunks) > 1 \
+                        else chunks[0]["images"]
                 yield Batch(images, seq[:, :-1].contiguous(), seq[:, 1:].contiguous())
+
+    def _decode_on_device(self, chunks: list[dict], seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch's encoded images -> (uint8 (B, 3, S, S) on the device, its token rows).
+
+        The workers could not replace an image the device cannot decode (they never decode one), so
+        it is counted as corrupt and its row takes the micro-batch's next decodable sample (image and
+        tokens, augmented with the row's own seed): the batch keeps its size, which DDP's gathers need,
+        and the choice depends on the batch alone, so a resumed run makes it again."""
+        encoded = [data for c in chunks for data in c["images"]]
+        seeds = [seed for c in chunks for seed in c["seeds"]]
+        names = [name for c in chunks for name in c["names"]]
+        squares = decode_on_device(encoded, self.manifest, self.device)
+        good = [i for i, x in enumerate(squares) if x is not None]
+        if not good:
+            raise RuntimeError(f"{self.manifest.root}: none of a micro-batch's {len(names)} images could be decoded "
+                               f"on {self.device} (first: {names[0]}): train.decode_on workers decodes on the CPU")
+        rows = []
+        for i, pixels in enumerate(squares):
+            if pixels is None:
+                j = next((g for g in good if g > i), good[0])
+                self.corrupt_on_device += 1
+                print(f"{names[i]}: the image cannot be decoded on {self.device}; counted as corrupt, its row "
+                      f"repeats {names[j]}", file=sys.stderr, flush=True)
+            rows.append(i if pixels is not None else j)
+        images = [squares[r] for r in rows]
+        if self.augment.active:
+            images = [self.augment(image, seed) for image, seed in zip(images, seeds)]
+        return torch.stack(images), seq[rows]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -511,23 +601,29 @@ class _ValBatches(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         files = [f for f, _ in lo.manifest.shards][lo.rank::lo.world_size][worker::workers]
+        on_device = lo.decode_on == "device"  # then the batch carries the encoded images
+        gather = (lambda images: images) if on_device else functools.partial(join, stacked=True)
         for f in files:
             errors, bad = [0], 0
             images, tokens = [], []
             for sample in read_shards([lo.manifest.root / f], errors, lo.manifest.counts([f]), TRAINING_MEMBERS):
                 try:
-                    image, tok = decode_sample(sample, lo.manifest, lo.vocab_size)
+                    if on_device:
+                        image, tok = image_member(sample), sample_tokens(sample, lo.manifest.context_length,
+                                                                         lo.vocab_size)
+                    else:
+                        image, tok = decode_sample(sample, lo.manifest, lo.vocab_size)
                 except CorruptSample:
                     bad += 1
                     continue
                 images.append(image)
                 tokens.append(tok)
                 if len(images) == lo.batch_size:
-                    yield {"images": join(images, stacked=True), "tokens": torch.stack(tokens), "corrupt": bad}
+                    yield {"images": gather(images), "tokens": torch.stack(tokens), "corrupt": bad}
                     images, tokens, bad = [], [], 0
             bad += errors[0]
             if images or bad:
-                yield {"images": join(images, stacked=True) if images else None,
+                yield {"images": gather(images) if images else None,
                        "tokens": torch.stack(tokens) if tokens else None, "corrupt": bad}
 
 
@@ -535,7 +631,11 @@ class ValLoader:
     """This process's share of a validation split, each sample once; `corrupt` counts skipped samples."""
 
     def __init__(self, shard_dir: str | Path, *, batch_size: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, vocab_size: int | None = None):
+                 num_workers: int = 0, vocab_size: int | None = None, decode_on: str = "workers",
+                 device: torch.device | str = "cpu"):
+        if decode_on not in DECODE_ON:
+            raise ValueError(f"train.decode_on = {decode_on!r} is invalid: allowed {', '.join(DECODE_ON)}")
+        self.decode_on, self.device = decode_on, torch.device(device)
         self.manifest = Manifest.load(shard_dir)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers = min(num_workers, len(self.manifest.shards[rank::world_size]))
@@ -544,9 +644,10 @@ class ValLoader:
 
     @classmethod
     def from_config(cls, shard_dir: str | Path, tcfg: Any, model_cfg: Any, *, rank: int = 0,
-                    world_size: int = 1) -> "ValLoader":
+                    world_size: int = 1, device: torch.device | str = "cpu") -> "ValLoader":
         loader = cls(shard_dir, batch_size=tcfg.val_batch_size, rank=rank, world_size=world_size,
-                     num_workers=tcfg.num_workers, vocab_size=model_cfg.vocab_size)
+                     num_workers=tcfg.num_workers, vocab_size=model_cfg.vocab_size, decode_on=tcfg.decode_on,
+                     device=device)
         loader.manifest.check_fits(model_cfg)
         return loader
 
@@ -556,6 +657,11 @@ class ValLoader:
                             generator=torch.Generator().manual_seed(0))
         for item in loader:
             self.corrupt += item["corrupt"]
-            if item["images"] is not None:
-                seq = item["tokens"]
-                yield Batch(item["images"], seq[:, :-1].contiguous(), seq[:, 1:].contiguous())
+            images, seq = item["images"], item["tokens"]
+            if images is not None and self.decode_on == "device":  # an image the device cannot decode is skipped
+                squares = decode_on_device(images, self.manifest, self.device)
+                good = [i for i, x in enumerate(squares) if x is not None]
+                self.corrupt += len(squares) - len(good)
+                images, seq = (torch.stack([squares[i] for i in good]), seq[good]) if good else (None, None)
+            if images is not None:
+                yield Batch(images, seq[:, :-1].contiguous(), seq[:, 1:].contiguous())

@@ -31,6 +31,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
 from pipeline.data.loader import Batch, TrainLoader
 from pipeline.data.preprocess import Augment
 from pipeline.train.config import JOINT_SAMPLINGS
@@ -67,11 +69,12 @@ class MixtureLoader:
 
     @classmethod
     def from_config(cls, shard_dirs: dict[str, Any], tcfg: Any, model_cfg: Any, sampling: str, *, rank: int = 0,
-                    world_size: int = 1, augment: Augment = Augment()) -> "MixtureLoader":
+                    world_size: int = 1, augment: Augment = Augment(),
+                    device: torch.device | str = "cpu") -> "MixtureLoader":
         """The loader of a joint run: `shard_dirs` maps each dataset to its training shards."""
         whole_passes = dataclasses.replace(tcfg, grad_accum_steps=1, max_steps_per_epoch=0)
         loaders = {name: TrainLoader.from_config(path, whole_passes, model_cfg, rank=rank, world_size=world_size,
-                                                 augment=augment) for name, path in shard_dirs.items()}
+                                                 augment=augment, device=device) for name, path in shard_dirs.items()}
         return cls(loaders, sampling=sampling, grad_accum_steps=tcfg.grad_accum_steps, seed=tcfg.seed,
                    max_steps_per_epoch=tcfg.max_steps_per_epoch)
 

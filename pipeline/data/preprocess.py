@@ -5,6 +5,7 @@ it compressed once more), `load` stores the downloaded bytes and the loader runs
 
     encoded bytes -> (width, height), header only                probe_image       (shard, resize_at load)
     encoded bytes -> uint8 RGB (3, H, W)                         decode_image      (shard, loader, inference)
+    [encoded bytes] -> [uint8 RGB (3, H, W) on a device]         decode_images     (training, train.decode_on device)
     uint8 (3, H, W) -> uint8 (3, S, S): naive | letterbox | crop prepare_image     (shard or loader, inference)
     uint8 (3, S, S) -> JPEG bytes                                encode_jpeg       (shard, resize_at shard)
     uint8 (3, S, S) -> random crop / flip, same size             augment           (fine-tuning loader, opt-in)
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as _tv_decode_image
+from torchvision.io import decode_jpeg as _tv_decode_jpeg
 from torchvision.io import encode_jpeg as _tv_encode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -54,6 +56,45 @@ def decode_image(data: bytes) -> torch.Tensor:
         image.load()
         rgb = image.convert("RGB")
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()
+
+
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def decode_images(encoded: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+    """A batch of encoded images -> uint8 RGB (3, H, W) each on `device`, or None for one that cannot
+    be decoded. The JPEGs are decoded together by torchvision's `decode_jpeg(list, device=...)`:
+    nvJPEG, batched, on a GPU; on the CPU libjpeg-turbo, the decoder `decode_image` calls, so the
+    pixels are decode_image's exactly. A call fails whole when one image fails, so then each JPEG is
+    decoded alone; one the device cannot decode (nvJPEG does not take every JPEG libjpeg-turbo does),
+    and every other format, goes through `decode_image` on the CPU and is moved to the device."""
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    jpegs = [i for i, data in enumerate(encoded) if data[:3] == JPEG_SIGNATURE]
+    if jpegs:
+        tensors = [as_byte_tensor(encoded[i]) for i in jpegs]
+        if device.type == "cuda":
+            # The CUDA decoder allocates its outputs on this stream but writes them from its own
+            # stream without waiting for this one, so it may overwrite memory that kernels queued
+            # here still read (pytorch/vision#9606): let them finish first.
+            torch.cuda.current_stream(device).synchronize()
+        try:
+            decoded = _tv_decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            decoded = []
+            for data in tensors:
+                try:
+                    decoded.append(_tv_decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+        for i, pixels in zip(jpegs, decoded):
+            out[i] = pixels
+    for i, data in enumerate(encoded):
+        if out[i] is None:
+            try:
+                out[i] = decode_image(data).to(device)
+            except Exception:  # noqa: BLE001 - any decoder's failure: the caller counts it
+                pass
+    return out
 
 
 def probe_image(data: bytes) -> tuple[int, int]:
@@ -116,8 +157,11 @@ class Augment:
             steps.append(v2.RandomResizedCrop(size, scale=self.crop_scale, antialias=True))
         if self.hflip:
             steps.append(v2.RandomHorizontalFlip(0.5))
+        # The transforms draw on the CPU's default generator whatever the pixels' device; seeding only
+        # it (torch.manual_seed would also reseed the GPU's, which dropout draws from) inside fork_rng
+        # leaves the training process's own random streams as they were.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return v2.Compose(steps)(pixels)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pipeline.checks import check_bool, check_choice, check_ints, check_number, fail
 from pipeline.model.config import CONTRASTIVE_LOSSES, FREEZABLE_PARTS
+from pipeline.names import DECODE_ON
 
 
 @dataclass
@@ -160,6 +161,9 @@ class TrainConfig:
     # The contrastive objective of both phases: softmax (the paper's symmetric InfoNCE) | sigmoid
     # (SigLIP's pairwise loss with a learnable bias; logit scale starts at 10, bias at -10)
     contrastive_loss: str = "softmax"
+    # Where training and validation images are decoded (ours): workers (the DataLoader's, on the CPU) |
+    # device (together per micro-batch on the training device: nvJPEG on a GPU; pipeline/data/loader.py)
+    decode_on: str = "workers"
 
     section = "train"
 
@@ -172,6 +176,7 @@ class TrainConfig:
         check_choice(self, p, "device", ("auto", "cpu", "cuda"))
         check_choice(self, p, "precision", ("fp32", "bf16"))
         check_choice(self, p, "contrastive_loss", CONTRASTIVE_LOSSES)
+        check_choice(self, p, "decode_on", DECODE_ON)
         check_bool(self, p, "compile")
         check_bool(self, p, "val_at_start")
         check_number(self, p, "grad_clip", above=0)

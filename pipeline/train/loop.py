@@ -71,13 +71,14 @@ class Trainer:
         if spec.mixed:
             self.loader = MixtureLoader.from_config({name: train for name, (train, _) in sets.items()}, tcfg,
                                                     cfg.model, cfg.joint.sampling, rank=d.rank,
-                                                    world_size=d.world_size, augment=augment)
+                                                    world_size=d.world_size, augment=augment, device=d.device)
             train_manifests = [lo.manifest for lo in self.loader.loaders.values()]
         else:
             self.loader = TrainLoader.from_config(spec.train_shards, tcfg, cfg.model, rank=d.rank,
-                                                  world_size=d.world_size, augment=augment)
+                                                  world_size=d.world_size, augment=augment, device=d.device)
             train_manifests = [self.loader.manifest]
-        self.val_loaders = {name: ValLoader.from_config(val, tcfg, cfg.model, rank=d.rank, world_size=d.world_size)
+        self.val_loaders = {name: ValLoader.from_config(val, tcfg, cfg.model, rank=d.rank, world_size=d.world_size,
+                                                        device=d.device)
                             for name, (_, val) in sets.items()}
         manifests = train_manifests + [lo.manifest for lo in self.val_loaders.values()]
         modes = {m.resize_mode for m in manifests}

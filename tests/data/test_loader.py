@@ -323,6 +323,69 @@ def test_load_shards_are_made_square_by_the_loader_exactly_as_inference_makes_th
     assert all(any(torch.equal(image, e) for e in expected) for image in seen)
     assert train.corrupt_total == 1  # the stream that held it ran short and started over
 
+    # Decoded on the device (the CPU here): the downloads of varied sizes decode together and are made
+    # square there; the JPEG cut short fails the batched call, is found alone, and is counted.
+    val = ValLoader(tmp_path / "shards", batch_size=4, decode_on="device")
+    assert torch.equal(torch.cat([b.pixels for b in val]), torch.stack(expected)) and val.corrupt == 1
+    train = loader(tmp_path / "shards", micro_batch_size=4, grad_accum_steps=1, decode_on="device")
+    seen = torch.cat([b.pixels for b in epoch_batches(train)])
+    assert all(any(torch.equal(image, e) for e in expected) for image in seen)
+    assert train.corrupt_total == train.corrupt_on_device == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoding_on_the_device_gives_the_batches_the_workers_give(split, workers):
+    """train.decode_on device (on the CPU here: the same libjpeg-turbo as the workers' decode_image):
+    the same micro-batches, pixel for pixel, augmented or not, in training and in validation."""
+    from pipeline.data.preprocess import Augment
+
+    for augment in (Augment(), Augment(crop_scale=(0.5, 1.0), hflip=True)):
+        there = epoch_batches(loader(split, num_workers=workers, augment=augment), 1)
+        here = epoch_batches(loader(split, num_workers=workers, augment=augment, decode_on="device"), 1)
+        assert same(there, here) and all(torch.equal(a.pixels, b.pixels) for a, b in zip(there, here))
+    there = list(ValLoader(split, batch_size=8, num_workers=workers))
+    here = list(ValLoader(split, batch_size=8, num_workers=workers, decode_on="device"))
+    assert same(there, here) and len(here) == 9  # 16, 16, 16, 16, 6 samples: batches of 8 cut within a shard
+
+
+def test_decoding_on_the_device_restarts_exactly_mid_epoch(split):
+    full = epoch_batches(loader(split, num_workers=2, decode_on="device"), 1)
+    lo = loader(split, num_workers=2, decode_on="device")
+    it = lo.iter_epoch(1)
+    first = [next(it) for _ in range(5)]
+    it.close()
+    resumed = loader(split, num_workers=2, decode_on="device")
+    resumed.load_state_dict(lo.state_dict())
+    assert same(full, first + list(resumed.iter_epoch(1)))
+
+
+def test_an_image_the_device_cannot_decode_is_counted_and_its_row_repeats_the_next(tmp_path, capsys):
+    """The workers cannot replace an image they never decode: its row in the micro-batch takes the
+    next decodable sample's image and tokens, so the batch keeps its size (DDP gathers it)."""
+    write_split(tmp_path / "c", "cc12m", "train", 40, samples_per_shard=10, corrupt=(3, 17))
+    lo = loader(tmp_path / "c", shuffle_buffer=1, decode_on="device")
+    batches = epoch_batches(lo)
+    assert len(batches) == 2 * lo.steps_in_epoch(0) and all(len(b) == 4 for b in batches)
+    assert lo.corrupt_total == 2 and lo.state_dict()["corrupt_on_device"] == 2
+    repeats = [(b, i) for b in batches for i in range(len(b) - 1) if torch.equal(b.pixels[i], b.pixels[i + 1])]
+    assert len(repeats) == 2 and all(torch.equal(b.text[i], b.text[i + 1]) for b, i in repeats)
+    assert capsys.readouterr().err.count("cannot be decoded on cpu; counted as corrupt") == 2
+    val = ValLoader(tmp_path / "c", batch_size=8, decode_on="device")
+    assert sum(len(b) for b in val) == 38 and val.corrupt == 2
+    # Which row it repeats: the next decodable one, after the last row the first (a function of the
+    # micro-batch alone, so a resumed run repeats the same).
+    with tarfile.open(tmp_path / "c/shard-00000-0000.tar") as tar:
+        jpegs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")][:3]  # 0, 1, 2: decodable
+    bad = b"not a jpeg at all"
+    for encoded, rows in (([bad, jpegs[0], bad, jpegs[1]], [1, 1, 3, 3]), ([jpegs[0], jpegs[1], jpegs[2], bad], [0, 1, 2, 0])):
+        seq = torch.arange(4).view(4, 1)
+        chunk = {"images": encoded, "seeds": [0] * 4, "names": [f"sample {i}" for i in range(4)]}
+        pixels, tokens = lo._decode_on_device([chunk], seq)
+        assert tokens.flatten().tolist() == rows
+        assert all(torch.equal(pixels[i], pixels[r]) for i, r in enumerate(rows))
+    with pytest.raises(ValueError, match=r"train.decode_on = 'gpu' is invalid: allowed workers, device"):
+        loader(tmp_path / "c", decode_on="gpu")
+
 
 def test_a_manifest_with_an_unknown_resize_at_is_refused_by_name(tmp_path):
     from pipeline.data.loader import Manifest

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.data.preprocess import (IMAGENET_MEAN, IMAGENET_STD, LETTERBOX_FILL, Augment, decode_image,
-                                      encode_jpeg, normalize, prepare_image)
+                                      decode_images, encode_jpeg, normalize, prepare_image)
 
 
 def photo_like(width: int, height: int, seed: int) -> Image.Image:
@@ -79,6 +79,23 @@ def test_truncated_or_foreign_bytes_raise_at_decode():
         decode_image(b"not an image at all" * 10)
 
 
+def test_a_batch_decoded_together_is_decode_images_one_by_one_and_a_bad_one_is_none():
+    """decode_images (train.decode_on device; the CPU here) decodes a batch's JPEGs in one call and
+    anything else one by one: the pixels are decode_image's exactly, a grey or CMYK JPEG comes out
+    RGB, and an image no decoder reads is None without costing the others."""
+    good = [encoded(photo_like(90, 60, seed=i), quality=85) for i in range(3)]
+    grey, cmyk = (encoded(photo_like(50, 70, seed=9).convert(mode), "JPEG") for mode in ("L", "CMYK"))
+    png = encoded(photo_like(40, 40, seed=8).convert("P"), "PNG")
+    batch = [good[0], grey, png, good[1], cmyk, good[2]]
+    out = decode_images(batch, torch.device("cpu"))
+    assert all(torch.equal(x, decode_image(data)) for x, data in zip(out, batch))
+    assert all(x.shape[0] == 3 for x in out)
+    cut = good[1][: len(good[1]) // 2]  # a JPEG's header and half its pixels: the batched call fails
+    out = decode_images([good[0], cut, b"not an image at all" * 4, png], torch.device("cpu"))
+    assert out[1] is None and out[2] is None
+    assert torch.equal(out[0], decode_image(good[0])) and torch.equal(out[3], decode_image(png))
+
+
 def test_encode_jpeg_is_pils_jpeg_byte_for_byte():
     pixels = prepare_image(decode_image(encoded(photo_like(300, 200, seed=5), quality=90)), 64)
     assert encode_jpeg(pixels, 95) == encoded(Image.fromarray(hwc(pixels).astype(np.uint8)), quality=95)
@@ -140,3 +157,14 @@ def test_augment_is_a_function_of_its_seed_and_off_by_default():
     state = torch.random.get_rng_state()
     crop(pixels, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left alone
+
+
+def test_augment_leaves_the_gpu_generators_alone(monkeypatch):
+    """The training process augments on its device with train.decode_on device: reseeding the GPU's
+    generators there (torch.manual_seed does) would tie its dropout masks to the augmentation seeds."""
+    pixels = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    Augment(crop_scale=(0.5, 1.0), hflip=True)(pixels, seed=5)
+    assert calls == []

@@ -273,6 +273,32 @@ def test_train_compile_runs_on_the_cpu_and_matches_eager(tmp_path, data, mlflow_
     assert math.isfinite(final["coca_loss"])
 
 
+def test_decoding_on_the_device_trains_the_weights_decoding_in_the_workers_trains(tmp_path, data, mlflow_env,
+                                                                                  monkeypatch):
+    """train.decode_on device: the training process decodes each micro-batch's JPEGs together on its
+    device (here the CPU, the same libjpeg-turbo as the workers): an epoch ends with the same weights
+    bit for bit, and validation sees the same samples."""
+    from pipeline.data import loader as loader_module
+
+    batches_decoded, decode = [], loader_module.decode_images
+
+    def counted(encoded, device):
+        batches_decoded.append(len(encoded))
+        return decode(encoded, device)
+
+    monkeypatch.setattr(loader_module, "decode_images", counted)
+    one_epoch = {"epochs": 1}
+    workers = train(build_cfg(pretrain=one_epoch, num_workers=2), pretrain_spec(data, tmp_path / "workers"))
+    assert batches_decoded == []
+    device = train(build_cfg(pretrain=one_epoch, num_workers=2, decode_on="device"),
+                   pretrain_spec(data, tmp_path / "device"))
+    assert batches_decoded and max(batches_decoded) > 1  # in the training process, a batch per call
+    a = torch.load(tmp_path / "workers/out/final.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "device/out/final.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert device == workers
+
+
 def test_adapter_finetune_trains_the_adapter_alone_and_its_checkpoint_says_so(tmp_path, data, pretrained,
                                                                               mlflow_env, capsys):
     """`finetune.mode: adapter` from a pre-trained checkpoint without an adapter: every pre-trained
