@@ -20,6 +20,11 @@ images/s, each is measured in CPU microseconds per image over all its processes 
 process and its reaped workers): on a shared machine that column is the reliable one, and it counts
 what a loader costs the training process's cores, worker start-up and the main process's share
 (receiving chunks, assembling micro-batches) included.
+
+Last, the 2 DataLoader workers' own CPU per image (rusage of the reaped workers alone) with the images
+decoded in the workers (train.decode_on workers) and with train.decode_on device, where they only
+read the tars, check the tokens and send the encoded images: what is left of the loader's work for
+a GPU machine's cores when the GPU decodes (here the training process decodes them on the CPU).
 """
 
 import os
@@ -155,6 +160,16 @@ def bench_loader(shard_dir: Path, workers: int, batch: int = 32) -> tuple[float,
     return timed(lambda: sum(len(b) for b in loader.iter_epoch(0)))
 
 
+def workers_cpu(shard_dir: Path, decode_on: str, workers: int = 2, batch: int = 32) -> float:
+    """CPU microseconds per image of the DataLoader workers alone (reaped when the epoch ends)."""
+    loader = TrainLoader(shard_dir, micro_batch_size=batch, grad_accum_steps=1, streams=workers,
+                         num_workers=workers, shuffle_buffer=1000, seed=0, decode_on=decode_on)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    count = sum(len(b) for b in loader.iter_epoch(0))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1e6 / count
+
+
 def bench_loading(shard_dir: Path, kind: str, rounds: int = 3) -> list[tuple[str, str, float]]:
     """Best of `rounds` alternating rounds: the highest images/s and, separately, the fewest CPU
     microseconds per image (the CPU column does not depend on what else the machine runs)."""
@@ -165,10 +180,13 @@ def bench_loading(shard_dir: Path, kind: str, rounds: int = 3) -> list[tuple[str
              ("raw decode", 2, lambda: bench_raw_decode(shards, 2, square)), ("TrainLoader", 2, lambda: bench_loader(shard_dir, 2))]
     rate = {(name, n): 0.0 for name, n, _ in pairs}
     cpu = {(name, n): float("inf") for name, n, _ in pairs}
+    share = {"workers": float("inf"), "device": float("inf")}
     for _ in range(rounds):
         for name, n, run in pairs:
             r, c = run()
             rate[(name, n)], cpu[(name, n)] = max(rate[(name, n)], r), min(cpu[(name, n)], c)
+        for decode_on in share:
+            share[decode_on] = min(share[decode_on], workers_cpu(shard_dir, decode_on))
     rows = []
     for n in (1, 2):
         raw, loaded = ("raw decode", n), ("TrainLoader", n)
@@ -178,6 +196,8 @@ def bench_loading(shard_dir: Path, kind: str, rounds: int = 3) -> list[tuple[str
         rows.append((f"{kind}: CPU us / image", f"raw decode, {n} process(es)", cpu[raw]))
         rows.append((f"{kind}: CPU us / image", f"TrainLoader, {n} process(es)", cpu[loaded]))
         rows.append((f"{kind}: raw / loader CPU", f"{n} process(es)", cpu[raw] / cpu[loaded]))
+    for decode_on, us in share.items():
+        rows.append((f"{kind}: worker CPU us / image", f"2 workers, decode_on {decode_on}", us))
     return rows
 
 

@@ -24,11 +24,14 @@ Measured, then printed as one table with the targets beside the numbers:
 3. Beam-search captions/s (width 3, KV cache) with `pipeline.model.generate.generate`, as
    `caption_images` calls it (fp32), and under bf16 autocast. The weights are random, so no caption
    stops early at EOS: every caption runs to the full context length (the slowest case).
-4. Batched JPEG decode at the model's image size: synthetic photo-like JPEGs (500x375 and similar,
-   smooth colour fields, shapes, noise) made in memory with PIL, decoded by
-   `torchvision.io.decode_jpeg(list, device=...)` a batch at a time, each resized (bilinear,
-   antialias) and the batch normalised as the loader does. Its ratio to the fastest step's
-   samples/s says whether decoding on the GPU could feed training (target >= 3x).
+4. Batched JPEG decode at the model's image size, by the training path itself (train.decode_on device
+   with the paper preset's resize_at load): synthetic photo-like JPEGs (500x375 and similar, smooth
+   colour fields, shapes, noise) made in memory with PIL, decoded by `preprocess.decode_images`
+   (`torchvision.io.decode_jpeg(list, device=...)`) a batch at a time, each made square by
+   `prepare_image` (bilinear, antialias) and the batch normalised as the trainer does. Its ratio to
+   the fastest step's samples/s says whether decoding on the GPU could feed training (target >= 3x).
+   Beside it, how far those pixels are from the CPU path's (decode_image + prepare_image, what the
+   workers and inference make): grey levels of difference (0 on the CPU, where both are libjpeg-turbo).
 5. A 50-step loss curve on 4 fixed synthetic batches, repeated: PASS when the last loss is below the
    first (the step, the loss and the optimizer really learn).
 
@@ -60,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.inputs import captions
 from pipeline.config import model_preset
-from pipeline.data.preprocess import normalize
+from pipeline.data.preprocess import decode_image, decode_images, normalize, prepare_image
 from pipeline.model.coca import CoCa
 from pipeline.model.config import ModelConfig
 from pipeline.model.generate import generate
@@ -332,41 +335,21 @@ def synthetic_jpegs(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def jpeg_decoder(s: Settings) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], str]:
-    """(decode+resize+normalise of a list of JPEG byte tensors -> (B, 3, S, S), what it uses)."""
-    size = [s.decode_size, s.decode_size]
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2.functional import resize
-    except ImportError:
-        if s.device.type == "cuda":
-            raise
-        # Only for running the CPU code path where torchvision is not installed (this project's venv).
-        import torch.nn.functional as F
-
-        def pil_decode(data: list[torch.Tensor]) -> torch.Tensor:
-            images = [torch.from_numpy(np.array(Image.open(io.BytesIO(d.numpy().tobytes())).convert("RGB")))
-                      .permute(2, 0, 1).float().unsqueeze(0) for d in data]
-            images = [F.interpolate(x, size=size, mode="bilinear", antialias=True) for x in images]
-            return normalize(torch.cat(images).round().clamp(0, 255).to(torch.uint8))
-
-        return pil_decode, "PIL decode + F.interpolate (no torchvision)"
-
-    def decode(data: list[torch.Tensor]) -> torch.Tensor:
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=s.device)
+def jpeg_decoder(s: Settings) -> tuple[Callable[[list[bytes]], torch.Tensor], str]:
+    """(decode + square + normalise of a list of JPEG files -> (B, 3, S, S) on the device, what it uses):
+    what the loader does with train.decode_on device for shards made with resize_at load."""
+    def decode(data: list[bytes]) -> torch.Tensor:
         # One resize per image: real images come in many sizes, so they cannot be stacked before it.
-        images = [resize(x, size, interpolation=InterpolationMode.BILINEAR, antialias=True) for x in images]
-        return normalize(torch.stack(images))
+        squares = [prepare_image(x, s.decode_size) for x in decode_images(data, s.device)]
+        return normalize(torch.stack(squares))
 
-    return decode, f"torchvision decode_jpeg(list, device={s.device.type}) + v2 resize"
+    return decode, f"decode_images(device={s.device.type}) + prepare_image, as train.decode_on device"
 
 
 def bench_decode(s: Settings, report: Report) -> None:
     """Row 'JPEG decode' and the decode / step ratio."""
     jpegs = synthetic_jpegs(s.decode_images)
-    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    batches = [data[i:i + s.decode_batch] for i in range(0, len(data), s.decode_batch)]
+    batches = [jpegs[i:i + s.decode_batch] for i in range(0, len(jpegs), s.decode_batch)]
     decode, how = jpeg_decoder(s)
     times = time_calls(lambda i: decode(batches[i % len(batches)]), 1, s.decode_passes * len(batches), s.device)
     per_batch = [len(batches[i % len(batches)]) for i in range(1, 1 + len(times))]
@@ -377,6 +360,12 @@ def bench_decode(s: Settings, report: Report) -> None:
     report.notes.append(f"JPEG decode: {len(jpegs)} synthetic JPEGs of 333 to 640 px a side (mean {kb:.0f} KiB), "
                         f"bytes already in memory; each decoded image resized (bilinear, antialias), the batch "
                         f"stacked and normalised; {s.decode_passes} timed pass(es) after one warm-up batch")
+    here = torch.stack([prepare_image(x, s.decode_size) for x in decode_images(batches[0], s.device)]).cpu()
+    cpu = torch.stack([prepare_image(decode_image(j), s.decode_size) for j in batches[0]])
+    levels = (here.to(torch.int16) - cpu.to(torch.int16)).abs()
+    report.add("JPEG decode", f"pixels against the CPU path (decode_image + prepare_image), {len(batches[0])} images",
+               f"max {int(levels.max())} grey levels, mean {levels.float().mean().item():.3f}, "
+               f"{100 * (levels > 2).float().mean().item():.2f}% of values off by more than 2")
     compiled = {k: v for k, v in report.step_rates.items() if k.endswith("compiled")}
     rates = compiled or report.step_rates
     if not rates:

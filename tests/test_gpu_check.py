@@ -42,7 +42,10 @@ def test_tiny_cpu_run_prints_every_section_and_the_loss_falls():
     memory = table_rows(out, "peak memory")
     assert len(memory) == 2 and all("n/a" in row for row in memory)
     assert any("captions/s" in row for row in table_rows(out, "beam search"))
-    assert any("images/s" in row for row in table_rows(out, "JPEG decode"))
+    decode = table_rows(out, "JPEG decode")
+    assert any("images/s" in row for row in decode)
+    # The training path's device decode on the CPU: libjpeg-turbo, as the workers' decode_image.
+    assert any("against the CPU path" in row and "max 0 grey levels" in row for row in decode)
     ratio = table_rows(out, "decode / step")
     assert ratio and ">= 3x" in ratio[0]
     curve = table_rows(out, "loss curve")

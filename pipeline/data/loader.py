@@ -180,6 +180,21 @@ def decode_sample(sample: dict, manifest: Manifest,
     return pixels, sample_tokens(sample, manifest.context_length, vocab_size)
 
 
+def worker_sample(sample: dict, manifest: Manifest, vocab_size: int | None,
+                  on_device: bool) -> tuple[torch.Tensor | bytes, torch.Tensor]:
+    """What a loader's worker makes of a sample: decode_sample's (image, tokens), or with
+    train.decode_on device (encoded image, tokens), the image left for the device to decode."""
+    if on_device:
+        return image_member(sample), sample_tokens(sample, manifest.context_length, vocab_size)
+    return decode_sample(sample, manifest, vocab_size)
+
+
+def checked_decode_on(decode_on: str) -> str:
+    if decode_on not in DECODE_ON:
+        raise ValueError(f"train.decode_on = {decode_on!r} is invalid: allowed {', '.join(DECODE_ON)}")
+    return decode_on
+
+
 def decode_on_device(encoded: list[bytes], manifest: Manifest, device: torch.device) -> list[torch.Tensor | None]:
     """Encoded images -> the model's squares (square_image) on `device`, decoded there together
     (preprocess.decode_images); None for one that cannot be decoded or is no valid square."""
@@ -414,11 +429,7 @@ class _TrainChunks(IterableDataset):
                     try:
                         if item is None:
                             raise CorruptSample("unreadable tar member")
-                        if on_device:
-                            image, tok = image_member(item), sample_tokens(item, lo.manifest.context_length,
-                                                                           lo.vocab_size)
-                        else:
-                            image, tok = decode_sample(item, lo.manifest, lo.vocab_size)
+                        image, tok = worker_sample(item, lo.manifest, lo.vocab_size, on_device)
                     except CorruptSample:
                         bad[s] += 1
                         failures += 1
@@ -451,9 +462,7 @@ class TrainLoader:
                  device: torch.device | str = "cpu"):
         self.manifest = Manifest.load(shard_dir)
         self.rank, self.world_size = rank, world_size
-        if decode_on not in DECODE_ON:
-            raise ValueError(f"train.decode_on = {decode_on!r} is invalid: allowed {', '.join(DECODE_ON)}")
-        self.decode_on, self.device = decode_on, torch.device(device)
+        self.decode_on, self.device = checked_decode_on(decode_on), torch.device(device)
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
         self.micro_batch_size, self.grad_accum_steps = micro_batch_size, grad_accum_steps
         self.max_steps_per_epoch = max_steps_per_epoch
@@ -608,11 +617,7 @@ class _ValBatches(IterableDataset):
             images, tokens = [], []
             for sample in read_shards([lo.manifest.root / f], errors, lo.manifest.counts([f]), TRAINING_MEMBERS):
                 try:
-                    if on_device:
-                        image, tok = image_member(sample), sample_tokens(sample, lo.manifest.context_length,
-                                                                         lo.vocab_size)
-                    else:
-                        image, tok = decode_sample(sample, lo.manifest, lo.vocab_size)
+                    image, tok = worker_sample(sample, lo.manifest, lo.vocab_size, on_device)
                 except CorruptSample:
                     bad += 1
                     continue
@@ -633,9 +638,7 @@ class ValLoader:
     def __init__(self, shard_dir: str | Path, *, batch_size: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, vocab_size: int | None = None, decode_on: str = "workers",
                  device: torch.device | str = "cpu"):
-        if decode_on not in DECODE_ON:
-            raise ValueError(f"train.decode_on = {decode_on!r} is invalid: allowed {', '.join(DECODE_ON)}")
-        self.decode_on, self.device = decode_on, torch.device(device)
+        self.decode_on, self.device = checked_decode_on(decode_on), torch.device(device)
         self.manifest = Manifest.load(shard_dir)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_workers = min(num_workers, len(self.manifest.shards[rank::world_size]))
