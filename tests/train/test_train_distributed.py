@@ -177,6 +177,14 @@ def _same_weights(work: Path, reference: Path) -> None:
         assert torch.equal(ours[name], tensor), name
 
 
+def test_two_processes_decoding_on_their_device_train_the_same_weights(tmp_path, data, mlflow_uri, two_processes):
+    """train.decode_on device under DDP (gloo, the CPU as each process's device): each process decodes
+    its micro-batches in the training process, and the run ends with the weights of the workers'
+    decoding, bit for bit."""
+    run_stage(tmp_path, data, 2, write_params(tmp_path / "params.yaml", **TWO, decode_on="device"), mlflow_uri)
+    _same_weights(tmp_path, two_processes)
+
+
 def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path, data, mlflow_uri, two_processes):
     """Two torchrun launchers (`--nnodes=2`, one process each) meeting at a c10d rendezvous on
     127.0.0.1 train to the same weights, bitwise, as one launcher with two processes."""
