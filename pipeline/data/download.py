@@ -1,7 +1,7 @@
 """Every dataset's images go through img2dataset, into webdataset tars, with failures recorded.
 
 Downloads are incremental per image. An image is identified by its URL (and, for a local file, its
-size and modification time, so that a changed file is fetched again). Each run fetches only the
+size and a hash of its bytes, so that a changed file is fetched again). Each run fetches only the
 images of the current URL list that no pass has attempted yet: appended rows cost only themselves,
 removed rows are dropped from what the download offers, and a caption edit fetches nothing (captions,
 ids and splits are always taken from the current list). Changing an option that changes the stored
@@ -59,6 +59,7 @@ img2dataset 1.47.0 facts this module relies on (read from its source, checked by
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -676,17 +677,20 @@ def _url_table(urls_df: pd.DataFrame, first_row: int = 0) -> pd.DataFrame:
 
 
 def _identities(urls: pd.DataFrame) -> pd.Series:
-    """What each row's image is: its URL, and for a local file also its size and modification time,
-    so that a changed file (a regenerated demo, a fixed image) is fetched again."""
+    """What each row's image is: its URL, and for a local file also its size and a hash of its bytes,
+    so that a changed file (a fixed image) is fetched again, and a file written again with the same
+    bytes is not (a modification time would make `dvc repro -f`, which regenerates the demo's images,
+    fetch every one a second time, and the shards and every number after them would differ)."""
 
     def stamp(url: str) -> str:
         if not url.startswith("file:"):
             return ""
         try:
-            st = os.stat(url2pathname(urlparse(url).path))
+            with open(url2pathname(urlparse(url).path), "rb") as f:
+                digest = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+                return f"{f.tell()}:{digest}"
         except OSError:
             return "missing"
-        return f"{st.st_size}:{st.st_mtime_ns}"
 
     return urls["url"] + "\t" + urls["url"].map(stamp)
 

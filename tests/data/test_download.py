@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import shutil
 import tempfile
 import tarfile
@@ -222,6 +223,29 @@ def test_download_runs_the_configured_retry_passes(tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "_img2dataset", None)
     assert dl.download("flickr30k", urls, out, cfg) == report
     assert before == {d: shard_files(out / d) for d in ("main", "retry-01", "retry-02")}
+
+
+def test_a_local_file_written_again_with_the_same_bytes_is_not_fetched_again(tmp_path, monkeypatch):
+    """`dvc repro -f` regenerates the demo's images: the same bytes with new modification times. They
+    are the same images (identified by size and content), so nothing is fetched again and the download
+    stays byte for byte what it was; a file whose bytes changed is fetched again, alone."""
+    images = tmp_path / "images"
+    urls = make_urls(images)
+    out = tmp_path / "out"
+    report = dl.download("roco", urls, out, CFG)
+    before = shard_files(out / "main")
+    for path in images.iterdir():
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with monkeypatch.context() as m:
+        m.setattr(dl, "_img2dataset", None)  # nothing to fetch: img2dataset must not start
+        assert dl.download("roco", urls, out, CFG) == report
+    assert shard_files(out / "main") == before and not (out / "add-01.urls").exists()
+    (images / "good2.jpg").write_bytes(jpeg_bytes(50, 40, (1, 2, 3)))
+    dl.download("roco", urls, out, CFG)
+    assert pd.read_parquet(out / "add-01.urls")["image_id"].tolist() == ["good2"]
 
 
 def test_nothing_to_retry(tmp_path):
