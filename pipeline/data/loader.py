@@ -586,12 +586,14 @@ class TrainLoader:
                                f"on {self.device} (first: {names[0]}): train.decode_on workers decodes on the CPU")
         rows = []
         for i, pixels in enumerate(squares):
-            if pixels is None:
-                j = next((g for g in good if g > i), good[0])
-                self.corrupt_on_device += 1
-                print(f"{names[i]}: the image cannot be decoded on {self.device}; counted as corrupt, its row "
-                      f"repeats {names[j]}", file=sys.stderr, flush=True)
-            rows.append(i if pixels is not None else j)
+            if pixels is not None:
+                rows.append(i)
+                continue
+            j = next((g for g in good if g > i), good[0])
+            rows.append(j)
+            self.corrupt_on_device += 1
+            print(f"{names[i]}: the image cannot be decoded on {self.device}; counted as corrupt, its row "
+                  f"repeats {names[j]}", file=sys.stderr, flush=True)
         images = [squares[r] for r in rows]
         if self.augment.active:
             images = [self.augment(image, seed) for image, seed in zip(images, seeds)]
